@@ -1,0 +1,1 @@
+"""Cinder volume drivers backed by the storage engine (one module a family)."""

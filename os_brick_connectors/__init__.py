@@ -1,0 +1,1 @@
+"""os-brick connectors that attach storage-engine exports on compute hosts."""

@@ -1,0 +1,1 @@
+"""A userspace block-storage engine: volume groups, exports, node service."""

@@ -1,0 +1,156 @@
+"""Physical devices: the files and block devices volume groups live on.
+
+A :class:`Device` is an open file descriptor plus the few operations the
+volume store needs: positioned reads and writes, zeroing a range, and
+``fdatasync``. Zeroing uses what the device offers cheaply (a punched hole
+in a regular file, ``BLKZEROOUT`` on a block device, which a loop device
+turns into a punched hole of its backing file) and falls back to writing
+zeros, so freshly allocated space never shows a former owner's data.
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import stat
+import struct
+
+from storage_engine import errors
+
+# <linux/falloc.h>
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+# <linux/fs.h>: _IO(0x12, 127)
+BLKZEROOUT = 0x127F
+
+_ZERO_CHUNK = bytes(1 << 20)
+
+_libc = ctypes.CDLL(ctypes.util.find_library('c') or None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                       ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+
+
+class Device:
+    """An open physical device (regular file or block device)."""
+
+    def __init__(self, path: str, fd: int, is_block: bool, read_only: bool):
+        self.path = path
+        self.fd = fd
+        self.is_block = is_block
+        self.read_only = read_only
+        # Cleared the first time the cheap zeroing path is refused, so the
+        # fallback is not retried on every allocation.
+        self._can_punch = True
+
+    @classmethod
+    def open(cls, path: str, read_only: bool = False,
+             create_size: int | None = None) -> 'Device':
+        """Open ``path``; with ``create_size``, create a sparse file first.
+
+        An existing file is used as it is (a block device has its own size).
+        """
+        flags = os.O_RDONLY if read_only else os.O_RDWR
+        flags |= os.O_CLOEXEC
+        if create_size is not None and not os.path.exists(path):
+            flags |= os.O_CREAT | os.O_EXCL
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            raise errors.NotFound('physical volume %s does not exist' % path,
+                                  path=path)
+        except OSError as e:
+            raise errors.DeviceError('cannot open %s: %s' % (path, e),
+                                     path=path)
+        st = os.fstat(fd)
+        is_block = stat.S_ISBLK(st.st_mode)
+        if not is_block and not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise errors.InvalidArgument(
+                '%s is neither a regular file nor a block device' % path,
+                path=path)
+        dev = cls(path, fd, is_block, read_only)
+        if create_size is not None and not is_block and st.st_size == 0:
+            os.ftruncate(fd, create_size)
+        return dev
+
+    @property
+    def size(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_END)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as e:
+            raise errors.DeviceError('read error on %s at %d: %s'
+                                     % (self.path, offset, e), path=self.path)
+        if len(data) < length:
+            # A short read past the end of a file means zeros (sparse tail).
+            data += bytes(length - len(data))
+        return data
+
+    def pwrite(self, data, offset: int) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as e:
+            raise errors.DeviceError('write error on %s at %d: %s'
+                                     % (self.path, offset, e), path=self.path)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make ``[offset, offset+length)`` read as zeros."""
+        if length <= 0:
+            return
+        if self._can_punch:
+            try:
+                if self.is_block:
+                    fcntl.ioctl(self.fd, BLKZEROOUT,
+                                struct.pack('=QQ', offset, length))
+                else:
+                    self._punch(offset, length)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.ENOTTY,
+                                   errno.EINVAL, errno.ENOSYS):
+                    raise errors.DeviceError(
+                        'cannot zero %s at %d: %s' % (self.path, offset, e),
+                        path=self.path)
+                self._can_punch = False
+        end = offset + length
+        while offset < end:
+            n = min(len(_ZERO_CHUNK), end - offset)
+            self.pwrite(memoryview(_ZERO_CHUNK)[:n], offset)
+            offset += n
+
+    def _punch(self, offset: int, length: int) -> None:
+        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        if _fallocate(self.fd, mode, offset, length) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    def sync(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            raise errors.DeviceError('flush error on %s: %s'
+                                     % (self.path, e), path=self.path)
+
+    def lock(self, exclusive: bool = True) -> None:
+        """Take an advisory lock so one process at a time owns the group."""
+        op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        try:
+            fcntl.flock(self.fd, op)
+        except BlockingIOError:
+            raise errors.GroupLocked(
+                '%s is in use by another volume group handle' % self.path,
+                path=self.path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

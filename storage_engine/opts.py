@@ -1,0 +1,9 @@
+"""oslo.config options of the storage engine, for oslo-config-generator.
+
+The engine library itself takes plain arguments; options arrive with the
+storage-node service (``storage-engine serve``), which lists them here.
+"""
+
+
+def list_opts():
+    return []

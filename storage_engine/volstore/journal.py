@@ -1,0 +1,173 @@
+"""The metadata journal: a ring of checksummed records on PV0.
+
+Every metadata change is a record appended here before it is acknowledged.
+A record is a 24-byte header (magic, type, LSN, length, CRC32 of header and
+payload) and its payload. Records are written in *commits*: a commit is one
+contiguous, 4 KiB-aligned write followed by ``fdatasync``, padded with zeros
+to the next 4 KiB boundary so that no later commit ever rewrites a block
+holding an earlier, acknowledged one.
+
+Replay starts at the position and LSN the superblock names and accepts a
+record only if its magic, CRC and LSN (exactly the next expected) are all
+right; the first record that fails ends the journal. A torn commit is
+therefore simply not there. Stale records from earlier laps of the ring
+have smaller LSNs and can never pass. After a crash the store jumps the
+LSN past anything the ring can hold (see VolumeGroup), so records of a
+torn commit that survive beyond the replayed end can never be taken for
+new ones either.
+
+A commit that does not fit before the end of the ring starts with a WRAP
+record at the current position and continues at the start of the ring.
+"""
+
+import struct
+import zlib
+
+from storage_engine import errors
+
+BLOCK = 4096
+MAGIC = b'SEJR'
+# magic, type, flags, lsn, payload length, crc
+_HDR = struct.Struct('<4sHHQII')
+HEADER_SIZE = _HDR.size
+R_WRAP = 0xFFFF
+
+
+def _align(n: int) -> int:
+    return (n + BLOCK - 1) // BLOCK * BLOCK
+
+
+def _crc(seed: int, head_without_crc: bytes, payload) -> int:
+    return zlib.crc32(payload, zlib.crc32(head_without_crc, seed))
+
+
+def encode_record(seed: int, rtype: int, lsn: int, payload: bytes) -> bytes:
+    head = _HDR.pack(MAGIC, rtype, 0, lsn, len(payload), 0)[:-4]
+    return head + struct.pack('<I', _crc(seed, head, payload)) + payload
+
+
+class Journal:
+    """Appends commits to, and replays, the ring ``[offset, offset+size)``."""
+
+    def __init__(self, device, offset: int, size: int, seed: int):
+        if size % BLOCK or size < 4 * BLOCK:
+            raise errors.InvalidArgument(
+                'journal size must be a multiple of 4 KiB, at least 16 KiB')
+        self.device = device
+        # The CRC seed is derived from the group's UUID: records another
+        # group left on a reused device never pass.
+        self.seed = seed
+        self.offset = offset
+        self.size = size
+        # Where replay starts (the superblock's view) and where we write.
+        self.start_pos = 0
+        self.start_lsn = 1
+        self.head_pos = 0
+        self.next_lsn = 1
+        # Bytes of ring in use since start_pos, wrap waste included.
+        self.used = 0
+
+    # -- replay ---------------------------------------------------------------
+
+    def replay(self, start_pos: int, start_lsn: int):
+        """Yield ``(lsn, rtype, payload)`` of every committed record.
+
+        Leaves the journal positioned after the last valid record.
+        """
+        self.start_pos = pos = start_pos
+        self.start_lsn = lsn = start_lsn
+        used = 0
+        while True:
+            if pos >= self.size:
+                pos = 0   # the previous commit ended exactly at the end
+            rec = self._read_record(pos, lsn)
+            if rec is None and pos % BLOCK:
+                # End of a commit: the rest of its block is padding.
+                used += _align(pos) - pos
+                pos = _align(pos)
+                if pos >= self.size:
+                    pos = 0
+                rec = self._read_record(pos, lsn)
+            if rec is None:
+                break
+            rtype, payload = rec
+            if rtype == R_WRAP:
+                used += self.size - pos
+                pos = 0
+            else:
+                length = HEADER_SIZE + len(payload)
+                pos += length
+                used += length
+                yield lsn, rtype, payload
+            lsn += 1
+            if used >= self.size:
+                raise errors.MetadataError('journal replay ran round the ring')
+        self.head_pos = _align(pos) % self.size
+        self.used = used + (_align(pos) - pos)
+        self.next_lsn = lsn
+
+    def _read_record(self, pos: int, lsn: int):
+        if self.size - pos < HEADER_SIZE:
+            return None
+        head = self.device.pread(HEADER_SIZE, self.offset + pos)
+        magic, rtype, _flags, rlsn, length, crc = _HDR.unpack(head)
+        if magic != MAGIC or rlsn != lsn or \
+                length > self.size - pos - HEADER_SIZE:
+            return None
+        payload = self.device.pread(length, self.offset + pos + HEADER_SIZE)
+        if _crc(self.seed, head[:-4], payload) != crc:
+            return None
+        return rtype, payload
+
+    # -- writing --------------------------------------------------------------
+
+    def reset(self, start_pos: int, start_lsn: int) -> None:
+        """A checkpoint now covers everything before ``start_lsn``."""
+        self.start_pos = self.head_pos = start_pos
+        self.start_lsn = self.next_lsn = start_lsn
+        self.used = 0
+
+    def commit_size(self, records) -> int:
+        """Ring bytes a commit of ``records`` may take, wrap included."""
+        length = sum(HEADER_SIZE + len(p) for _t, p in records)
+        return _align(length) + BLOCK
+
+    def fits(self, records) -> bool:
+        # Keep one block free so the head never lands on the start.
+        need = self.commit_size(records)
+        return self.used + need <= self.size - BLOCK and \
+            _align(sum(HEADER_SIZE + len(p) for _t, p in records)) <= \
+            self.size // 2
+
+    def append(self, records) -> None:
+        """Write one commit (the caller syncs the device afterwards)."""
+        if not records:
+            return
+        lsn = self.next_lsn
+        chunks = []
+        for rtype, payload in records:
+            chunks.append(encode_record(self.seed, rtype, lsn, payload))
+            lsn += 1
+        body = b''.join(chunks)
+        body += bytes(_align(len(body)) - len(body))
+        pos = self.head_pos
+        waste = 0
+        if len(body) > self.size - pos:
+            # Does not fit before the end: a WRAP record, then from 0.
+            wrap = encode_record(self.seed, R_WRAP, self.next_lsn, b'')
+            self.device.pwrite(wrap, self.offset + pos)
+            waste = self.size - pos
+            pos = 0
+            # Renumber: the WRAP took the first LSN.
+            lsn = self.next_lsn + 1
+            chunks = []
+            for rtype, payload in records:
+                chunks.append(encode_record(self.seed, rtype, lsn,
+                                            payload))
+                lsn += 1
+            body = b''.join(chunks)
+            body += bytes(_align(len(body)) - len(body))
+        self.device.pwrite(body, self.offset + pos)
+        self.next_lsn = lsn
+        self.head_pos = (pos + len(body)) % self.size
+        self.used += waste + len(body)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Prepare this checkout on a Debian/Ubuntu machine, idempotently, as root:
+# the Debian packages listed in bindep.txt for the given profiles, and a
+# virtualenv in .venv with the project and its test requirements.
+#
+#   tools/setup-env.sh [PROFILE ...]     (default profile: test)
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+profiles=("${@:-test}")
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+    [ "$#" -gt 0 ] || return 0
+    if [ "$apt_updated" = 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Bootstrap: a Python with venv, before bindep itself can run.
+if ! python3 -m venv --help >/dev/null 2>&1 || ! command -v gcc >/dev/null; then
+    apt_install python3 python3-venv python3-dev gcc
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+stamp=.venv/.installed
+want=$(cat requirements.txt test-requirements.txt setup.cfg | sha1sum)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q bindep -r requirements.txt -r test-requirements.txt
+    .venv/bin/pip install -q -e .
+    echo "$want" > "$stamp"
+fi
+
+# Everything else from bindep.txt, for the profiles asked for.
+for profile in "${profiles[@]}"; do
+    # bindep -b exits 1 when something is missing, and lists it.
+    missing=$(.venv/bin/bindep -b "$profile" || true)
+    # shellcheck disable=SC2086
+    apt_install $missing
+done
