@@ -9,7 +9,8 @@ Durability rules (see doc/source/volume-store.rst for the full argument):
 2. *Deferred reuse.* A cluster freed by a record is reused only after that
    record is durable, so a crash can never hand a cluster that the
    recovered state still maps to another volume.
-3. *Management operations commit before they return.* Writes are
+3. *Management operations commit before they return*, every one of them,
+   even one with nothing to change: each is a barrier (a flush). Writes are
    acknowledged to the page cache and become durable at the next flush
    (or at once with FUA), as with any disk with a volatile write cache.
 
@@ -864,21 +865,20 @@ class VolumeGroup:
                     raise errors.InvalidSize(
                         'cannot shrink %s from %d to %d bytes'
                         % (vol.name, vol.size, new_size))
-                if new_size == vol.size:
-                    return self._info(vol)
-                st = self.state
-                self._check_thin(new_size - vol.size, 'extending %s'
-                                 % vol.name)
-                first_new = st.nclusters(vol.size)
-                grow = st.nclusters(new_size) - first_new
-                runs = []
-                if not vol.thin and grow:
-                    self._check_thick(grow, 'extending thick volume %s'
-                                      % vol.name)
-                    runs = self._allocate_zeroed(grow)
-                self._apply_live(records.R_EXTEND, {
-                    'vid': vol.vid, 'size': new_size,
-                    'extents': self._extents(first_new, runs)})
+                if new_size > vol.size:
+                    st = self.state
+                    self._check_thin(new_size - vol.size, 'extending %s'
+                                     % vol.name)
+                    first_new = st.nclusters(vol.size)
+                    grow = st.nclusters(new_size) - first_new
+                    runs = []
+                    if not vol.thin and grow:
+                        self._check_thick(grow, 'extending thick volume %s'
+                                          % vol.name)
+                        runs = self._allocate_zeroed(grow)
+                    self._apply_live(records.R_EXTEND, {
+                        'vid': vol.vid, 'size': new_size,
+                        'extents': self._extents(first_new, runs)})
         self.commit()
         return self.get(vol.id)
 
@@ -887,13 +887,13 @@ class VolumeGroup:
         with self._meta_lock:
             vol = self._lookup(ref)
             names.check_name(new_name)
-            if new_name == vol.name:
-                return self._info(vol)
-            if new_name in self.state.by_name:
-                raise errors.AlreadyExists('%s already exists in group %s'
-                                           % (new_name, self.name))
-            self._apply_live(records.R_RENAME,
-                             {'vid': vol.vid, 'name': new_name})
+            if new_name != vol.name:
+                if new_name in self.state.by_name:
+                    raise errors.AlreadyExists(
+                        '%s already exists in group %s' % (new_name,
+                                                          self.name))
+                self._apply_live(records.R_RENAME,
+                                 {'vid': vol.vid, 'name': new_name})
         self.commit()
         return self.get(vol.id)
 
@@ -907,8 +907,11 @@ class VolumeGroup:
         self._check_usable(write=True)
         with self._meta_lock:
             vol = self._lookup(volume, state_mod.VOLUME)
-            if vol.parent is None:
-                return self._info(vol)
+            independent = vol.parent is None
+        if independent:
+            self.commit()        # every management call is a barrier
+            return self.get(vol.id)
+        with self._meta_lock:
             ncl = self.state.nclusters(vol.size)
             need = sum(1 for lcl in range(ncl)
                        if vol.map.get(lcl) == UNMAPPED and

@@ -128,16 +128,22 @@ class Journal:
         self.used = 0
 
     def commit_size(self, records) -> int:
-        """Ring bytes a commit of ``records`` may take, wrap included."""
-        length = sum(HEADER_SIZE + len(p) for _t, p in records)
-        return _align(length) + BLOCK
+        """Ring bytes appending ``records`` now takes, wrap included.
+
+        A commit that does not fit before the end of the ring also uses up
+        the rest of the ring up to the end (the WRAP record and the skip).
+        """
+        body = _align(sum(HEADER_SIZE + len(p) for _t, p in records))
+        room = self.size - self.head_pos
+        return body if body <= room else room + body
 
     def fits(self, records) -> bool:
-        # Keep one block free so the head never lands on the start.
-        need = self.commit_size(records)
-        return self.used + need <= self.size - BLOCK and \
-            _align(sum(HEADER_SIZE + len(p) for _t, p in records)) <= \
-            self.size // 2
+        """Whether ``records`` can be appended without overwriting any
+        record replay still needs (one block is kept free, so the head
+        never catches up with the start)."""
+        body = _align(sum(HEADER_SIZE + len(p) for _t, p in records))
+        return body <= self.size // 2 and \
+            self.used + self.commit_size(records) <= self.size - BLOCK
 
     def append(self, records) -> None:
         """Write one commit (the caller syncs the device afterwards)."""
