@@ -167,4 +167,4 @@ def test_power_loss(tmp_path, recorder, request):
             r, inflight, reasons)
         model = candidates[reasons.index(None)]
         torture.collapse(model, vols)
-    assert failures_in_op > rounds // 5, 'power rarely failed mid-operation'
+    assert failures_in_op >= rounds // 10, 'power rarely failed mid-operation'

@@ -1,0 +1,1 @@
+"""NBD: the network block device protocol, as sans-IO cores."""
