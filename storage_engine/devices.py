@@ -80,7 +80,11 @@ class Device:
     def size(self) -> int:
         return os.lseek(self.fd, 0, os.SEEK_END)
 
-    def pread(self, length: int, offset: int) -> bytes:
+    def pread(self, length: int, offset: int, nowait: bool = False) -> bytes:
+        """Read; with ``nowait``, raise BlockingIOError instead of waiting
+        for the disk (the data is not all in the page cache)."""
+        if nowait:
+            return self._pread_nowait(length, offset)
         try:
             data = os.pread(self.fd, length, offset)
         except OSError as e:
@@ -90,6 +94,23 @@ class Device:
             # A short read past the end of a file means zeros (sparse tail).
             data += bytes(length - len(data))
         return data
+
+    def _pread_nowait(self, length: int, offset: int) -> bytes:
+        buf = bytearray(length)
+        try:
+            n = os.preadv(self.fd, [buf], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            raise
+        except OSError as e:
+            if e.errno == errno.EOPNOTSUPP:
+                raise BlockingIOError(errno.EAGAIN, 'nowait unsupported')
+            raise errors.DeviceError('read error on %s at %d: %s'
+                                     % (self.path, offset, e), path=self.path)
+        if n < length:
+            # Partly cached, or the sparse tail of a file: let the caller
+            # retry with a blocking read, which sorts out which.
+            raise BlockingIOError(errno.EAGAIN, 'short nowait read')
+        return bytes(buf)
 
     def pwrite(self, data, offset: int) -> None:
         view = memoryview(data)

@@ -38,6 +38,11 @@ class VolumeHandle:
         return self._vol.read_only or self._group.read_only
 
     @property
+    def can_fast_zero(self) -> bool:
+        """Zeroing is a metadata operation on every PV (no zeros written)."""
+        return all(pv.device._can_punch for pv in self._group._pvs)
+
+    @property
     def name(self) -> str:
         return self._vol.name
 
@@ -76,38 +81,57 @@ class VolumeHandle:
 
     # -- reads -----------------------------------------------------------------
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int, nowait: bool = False) -> bytes:
+        """Read; with ``nowait``, raise BlockingIOError rather than wait
+        for the disk (an event loop then hands the read to a thread)."""
         self._enter(offset, length, False)
         try:
-            return self._read(offset, length)
+            cs = self._cs
+            lcl, within = divmod(offset, cs)
+            if within + length <= cs:
+                pcl = self._group.state.resolve(self._vol, lcl)
+                if pcl < 0:
+                    return bytes(length)
+                dev, base = self._group.locate(pcl)
+                return dev.pread(length, base + within, nowait)
+            return b''.join(data if data is not None else bytes(n)
+                            for _off, n, data in
+                            self._read_runs(offset, length, nowait))
         finally:
             self._gate.leave()
 
-    def _read(self, offset: int, length: int) -> bytes:
-        cs = self._cs
+    def read_extents(self, offset: int, length: int, nowait: bool = False):
+        """Read as ``[(offset, length, bytes or None)]``; None is a range
+        that reads as zeros without being stored (NBD's OFFSET_HOLE)."""
+        self._enter(offset, length, False)
+        try:
+            return self._read_runs(offset, length, nowait)
+        finally:
+            self._gate.leave()
+
+    def _read_runs(self, offset, length, nowait):
         resolve = self._group.state.resolve
         locate = self._group.locate
         vol = self._vol
-        lcl, within = divmod(offset, cs)
-        if within + length <= cs:
+        runs = []           # [offset, length, list of bytes or None]
+        for lcl, within, n in self._segments(offset, length):
             pcl = resolve(vol, lcl)
             if pcl < 0:
-                return bytes(length)
-            dev, base = locate(pcl)
-            return dev.pread(length, base + within)
-        parts = []
-        while length:
-            lcl, within = divmod(offset, cs)
-            n = min(length, cs - within)
-            pcl = resolve(vol, lcl)
-            if pcl < 0:
-                parts.append(bytes(n))
+                data = None
             else:
                 dev, base = locate(pcl)
-                parts.append(dev.pread(n, base + within))
-            offset += n
-            length -= n
-        return b''.join(parts)
+                data = dev.pread(n, base + within, nowait)
+            last = runs[-1] if runs else None
+            if last is not None and (last[2] is None) == (data is None):
+                last[1] += n
+                if data is not None:
+                    last[2].append(data)
+            else:
+                runs.append([lcl * self._cs + within, n,
+                             None if data is None else [data]])
+        return [(off, n, None if parts is None else
+                 parts[0] if len(parts) == 1 else b''.join(parts))
+                for off, n, parts in runs]
 
     # -- writes ----------------------------------------------------------------
 
