@@ -69,10 +69,14 @@ def nbd_errno(exc: BaseException) -> int:
     return code if code in _NBD_ERRNOS else const.NBD_EIO
 
 
-def transmission_flags(export: exports_mod.Export) -> int:
+def transmission_flags(export: exports_mod.Export, structured: bool) -> int:
     flags = (const.NBD_FLAG_HAS_FLAGS | const.NBD_FLAG_SEND_FLUSH |
-             const.NBD_FLAG_SEND_FUA | const.NBD_FLAG_SEND_DF |
-             const.NBD_FLAG_CAN_MULTI_CONN | const.NBD_FLAG_SEND_CACHE)
+             const.NBD_FLAG_SEND_FUA | const.NBD_FLAG_CAN_MULTI_CONN |
+             const.NBD_FLAG_SEND_CACHE)
+    if structured:
+        # DF only means something with structured replies (and the spec
+        # forbids advertising it without them).
+        flags |= const.NBD_FLAG_SEND_DF
     if export.writable:
         flags |= (const.NBD_FLAG_SEND_TRIM | const.NBD_FLAG_SEND_WRITE_ZEROES
                   | const.NBD_FLAG_SEND_FAST_ZERO)
@@ -348,8 +352,9 @@ class _Connection(asyncio.Protocol):
         if const.NBD_INFO_BLOCK_SIZE in event.info_requests:
             out.append(core.send_info_block_size(
                 MIN_BLOCK, PREFERRED_BLOCK, self.server.max_payload))
-        out.append(core.send_info_export(export.backend.size,
-                                         transmission_flags(export)))
+        out.append(core.send_info_export(
+            export.backend.size,
+            transmission_flags(export, core.structured_replies)))
         out.append(core.ack_option())
         if isinstance(event, proto.Go):
             self._attach(export)
@@ -366,8 +371,9 @@ class _Connection(asyncio.Protocol):
             self.core.close()
             self.abort()
             return
-        out = self.core.accept_export_name(export.backend.size,
-                                           transmission_flags(export))
+        out = self.core.accept_export_name(
+            export.backend.size,
+            transmission_flags(export, self.core.structured_replies))
         self._attach(export)
         self._send(out)
 

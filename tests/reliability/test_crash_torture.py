@@ -246,7 +246,11 @@ def candidates_after(model, inflight):
 def test_crash_torture(tmp_path, request):
     kills = request.config.getoption('--kills') or \
         (500 if request.config.getoption('--long') else 30)
-    rng = random.Random(request.config.getoption('--torture-seed'))
+    seed = request.config.getoption('--torture-seed')
+    if seed is None:
+        seed = random.randrange(1 << 32)
+    print('\ncrash torture seed %d (--torture-seed to repeat)' % seed)
+    rng = random.Random(seed)
     pv0 = str(tmp_path / 'pv0')
     VolumeGroup.create([(pv0, 256 << 20)], cluster_size=64 << 10,
                        journal_size=256 << 10).close()
@@ -259,8 +263,10 @@ def test_crash_torture(tmp_path, request):
         if rng.random() < 0.1:
             # Sometimes kill it while it is still opening (recovering).
             time.sleep(rng.uniform(0.05, 0.4))
+        elif not child.ready.wait(60):
+            raise AssertionError('kill %d (seed %d): the writer never opened '
+                                 'the group: %s' % (i, seed, child.kill()))
         else:
-            assert child.ready.wait(60), 'writer never opened the group'
             time.sleep(rng.uniform(0.0, 0.25))
         err = child.kill()
         if not child.ready.is_set():
@@ -275,7 +281,7 @@ def test_crash_torture(tmp_path, request):
 
         # Offline check first: read-only, changes nothing on disk.
         report = check_group(pv0)
-        assert report.ok, 'kill %d: %s' % (i, report.errors)
+        assert report.ok, 'kill %d (seed %d): %s' % (i, seed, report.errors)
         # Then a real recovery, or leave recovery to the next child.
         read_only = rng.random() < 0.3
         vg = VolumeGroup.open(pv0, read_only=read_only)
@@ -288,8 +294,8 @@ def test_crash_torture(tmp_path, request):
         finally:
             vg.close()
         reasons = [mismatch(c, vols, snaps) for c in candidates]
-        assert None in reasons, 'kill %d (in flight: %s): %s' % (
-            i, inflight, reasons)
+        assert None in reasons, 'kill %d (seed %d, in flight: %s): %s' % (
+            i, seed, inflight, reasons)
         model = candidates[reasons.index(None)]
         collapse(model, vols)
     print('\ncrash torture: %d kills, %d acknowledged operations, %d journal '
