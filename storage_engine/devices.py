@@ -61,6 +61,10 @@ class Device:
         except FileNotFoundError:
             raise errors.NotFound('physical volume %s does not exist' % path,
                                   path=path)
+        except IsADirectoryError:
+            raise errors.InvalidArgument(
+                '%s is a directory, not a file or block device' % path,
+                path=path)
         except OSError as e:
             raise errors.DeviceError('cannot open %s: %s' % (path, e),
                                      path=path)

@@ -19,6 +19,8 @@ a commit lock serialises commits; each volume has an :class:`IOGate` and an
 allocation lock (see volume.py).
 """
 
+import math
+import os
 import threading
 import time
 import zlib
@@ -131,11 +133,15 @@ class VolumeGroup:
         self._sb_seq = 0
         self._ckpt = None
         opened = []
+        created = []      # files this call made, removed if it fails
         try:
             for index, spec in enumerate(pvs):
                 path, size = _pv_spec(spec)
+                existed = os.path.exists(path)
                 dev = devices.Device.open(path, create_size=size)
                 opened.append(dev)
+                if not existed:
+                    created.append(path)
                 if index == 0:
                     dev.lock()
                 pv = self._format_pv(dev, index, journal_size, force,
@@ -157,8 +163,14 @@ class VolumeGroup:
                 dev0.pwrite(bytes(layout.SUPERBLOCK_SIZE), slot)
             self._checkpoint_now(lsn_jump=False)
         except BaseException:
+            for pv in self._pvs:
+                if pv.path not in created:
+                    # Leave a device we did not create as we found it.
+                    _wipe_label(pv.device)
             for dev in opened:
                 dev.close()
+            for path in created:
+                os.unlink(path)
             raise
         self._build_locator()
         return self
@@ -376,7 +388,9 @@ class VolumeGroup:
 
     def commit(self) -> None:
         """Make every completed write and metadata change durable."""
-        self._check_usable(write=True)
+        self._check_usable()
+        if self.read_only:
+            return              # nothing can have changed
         with self._commit_lock:
             with self._meta_lock:
                 self._seal_batch()
@@ -650,12 +664,13 @@ class VolumeGroup:
         with self._meta_lock:
             pol = dict(self.state.policy)
             if over_subscription_ratio is not None:
-                pol['over_subscription_ratio'] = float(
-                    over_subscription_ratio)
+                pol['over_subscription_ratio'] = over_subscription_ratio
             if reserved_percentage is not None:
                 pol['reserved_percentage'] = reserved_percentage
             _check_policy(pol['over_subscription_ratio'],
                           pol['reserved_percentage'])
+            pol['over_subscription_ratio'] = float(
+                pol['over_subscription_ratio'])
             self._apply_live(records.R_POLICY, pol)
         self.commit()
 
@@ -812,8 +827,11 @@ class VolumeGroup:
         self._check_usable(write=True)
         with self._meta_lock:
             snap = self._lookup(ref, state_mod.SNAPSHOT)
+            # Clones made from this snapshot that still read through it.
+            # (Anything else reading through it, the origin, its newer
+            # snapshots and their clones, keeps its data by a merge.)
             clones = [v for v in self.state.dependents(snap)
-                      if v.vid != snap.origin_vid]
+                      if v.origin_vid == snap.vid]
             if clones:
                 raise errors.SnapshotHasClones(
                     'snapshot %s has clones (%s); delete or flatten them '
@@ -846,6 +864,16 @@ class VolumeGroup:
                 if vol.deleted or snap.deleted:
                     raise errors.VolumeNotFound('%s or %s was deleted'
                                                 % (volume, snapshot))
+                # Reverting to a snapshot larger than the volume is now
+                # (after an earlier revert) provisions more.
+                if snap.size > vol.size:
+                    self._check_thin(snap.size - vol.size, 'reverting %s'
+                                     % vol.name)
+                    if not vol.thin:
+                        st = self.state
+                        self._check_thick(
+                            st.nclusters(snap.size) - st.nclusters(vol.size),
+                            'reverting thick volume %s' % vol.name)
                 self._apply_live(records.R_REVERT,
                                  {'vid': vol.vid, 'snapshot': snap.vid})
         self.commit()
@@ -968,6 +996,7 @@ class VolumeGroup:
         """Grow the group with another physical volume."""
         self._check_usable(write=True)
         with self._commit_lock:
+            existed = os.path.exists(path)
             dev = devices.Device.open(path, create_size=size)
             try:
                 try:
@@ -986,6 +1015,8 @@ class VolumeGroup:
                 pv = self._format_pv(dev, len(self._pvs), 0, True, base)
             except BaseException:
                 dev.close()
+                if not existed:
+                    os.unlink(path)
                 raise
             with self._meta_lock:
                 self._pvs.append(pv)
@@ -1011,12 +1042,22 @@ class VolumeGroup:
 
 
 def _check_policy(ratio, reserved) -> None:
-    if not isinstance(ratio, (int, float)) or ratio < 1.0:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or \
+            not math.isfinite(ratio) or ratio < 1.0:
         raise errors.InvalidArgument('over-subscription ratio %r must be a '
-                                     'number >= 1.0' % (ratio,))
-    if not isinstance(reserved, int) or not 0 <= reserved < 100:
+                                     'finite number >= 1.0' % (ratio,))
+    if isinstance(reserved, bool) or not isinstance(reserved, int) or \
+            not 0 <= reserved < 100:
         raise errors.InvalidArgument('reserved percentage %r must be an '
                                      'integer in 0..99' % (reserved,))
+
+
+def _wipe_label(dev) -> None:
+    try:
+        dev.pwrite(bytes(layout.LABEL_SIZE), 0)
+        dev.sync()
+    except errors.EngineError:
+        pass
 
 
 class _exclusive_all:

@@ -27,6 +27,13 @@ class VolumeHandle:
         self._cs = group.cluster_size
         self._gate = group.gate(vol)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        # A handle holds no resources of its own; the group does.
+        return None
+
     # -- properties ----------------------------------------------------------
 
     @property

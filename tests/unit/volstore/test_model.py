@@ -35,10 +35,11 @@ MAX_SECTORS = 9 * CS // SECTOR      # volumes up to 9 clusters
 
 
 class _Vol:
-    def __init__(self, size, thin):
+    def __init__(self, size, thin, clone_of=None):
         self.data = bytearray(size)
         self.thin = thin
         self.chain = set()           # snapshot names it reads through
+        self.clone_of = clone_of     # the snapshot it was cloned from
 
 
 class _Snap:
@@ -168,7 +169,7 @@ class VolumeStoreModel(RuleBasedStateMachine):
         name = self._name('c')
         size = len(s.data) + more * SECTOR
         self.vg.clone(snap, name, size=size, thin=thin)
-        vol = _Vol(size, thin)
+        vol = _Vol(size, thin, clone_of=snap)
         vol.data[:len(s.data)] = s.data
         vol.chain = s.chain | {snap}
         self.vols[name] = vol
@@ -189,8 +190,9 @@ class VolumeStoreModel(RuleBasedStateMachine):
         s = self.snaps.get(snap)
         if s is None:
             return
+        # Refused while a clone made from it still reads through it.
         clones = sorted(n for n, v in self.vols.items()
-                        if snap in v.chain and n != s.origin)
+                        if snap in v.chain and v.clone_of == snap)
         if clones:
             before = self._contents()
             try:
