@@ -99,7 +99,7 @@ class Device:
             data += bytes(length - len(data))
         return data
 
-    def _pread_nowait(self, length: int, offset: int) -> bytes:
+    def _pread_nowait(self, length: int, offset: int) -> bytearray:
         buf = bytearray(length)
         try:
             n = os.preadv(self.fd, [buf], offset, os.RWF_NOWAIT)
@@ -114,11 +114,15 @@ class Device:
             # Partly cached, or the sparse tail of a file: let the caller
             # retry with a blocking read, which sorts out which.
             raise BlockingIOError(errno.EAGAIN, 'short nowait read')
-        return bytes(buf)
+        return buf
 
     def pwrite(self, data, offset: int) -> None:
-        view = memoryview(data)
         try:
+            n = os.pwrite(self.fd, data, offset)
+            if n == len(data):
+                return                  # the usual case: all written
+            view = memoryview(data).cast('B')[n:]
+            offset += n
             while view:
                 n = os.pwrite(self.fd, view, offset)
                 view = view[n:]

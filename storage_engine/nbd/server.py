@@ -55,6 +55,8 @@ MAX_PAYLOAD = 32 * 1024 * 1024
 MAX_STATUS_LENGTH = 1 << 32
 # Requests handed to threads before we stop reading from a client.
 MAX_BACKGROUND = 64
+# Replies shorter than this are joined into one send.
+_JOIN_LIMIT = 64 * 1024
 
 _NBD_ERRNOS = {const.NBD_EPERM, const.NBD_EIO, const.NBD_ENOMEM,
                const.NBD_EINVAL, const.NBD_ENOSPC, const.NBD_EOVERFLOW,
@@ -155,10 +157,17 @@ class _Connection(asyncio.Protocol):
         self._background = 0
         self._paused_reading = False
         self._write_paused = False
+        # _closing: read no more requests (replies owed still go out);
+        # _aborted: drop the connection and everything owed.
         self._closing = False
+        self._aborted = False
         self._name = '?'
         # Data received while TLS starts, for the core once it knows.
         self._tls_early = None
+        # Replies produced while processing one batch of received data,
+        # written with one send: a send per reply costs more than a read.
+        self._out = []
+        self._batching = False
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -187,6 +196,7 @@ class _Connection(asyncio.Protocol):
             # Decrypted bytes can arrive before start_tls() returns to us.
             self._tls_early.append(bytes(data))
             return
+        self._batching = True
         try:
             self.core.receive_data(data)
             self._process()
@@ -194,6 +204,9 @@ class _Connection(asyncio.Protocol):
             LOG.exception('NBD client %s: internal error; disconnecting',
                           self._name)
             self.abort()
+        finally:
+            self._batching = False
+            self._flush_out()
 
     def eof_received(self):
         self.core.receive_data(b'')
@@ -210,6 +223,8 @@ class _Connection(asyncio.Protocol):
 
     def abort(self):
         self._closing = True
+        self._aborted = True
+        self._out = []
         if self.transport is not None:
             self.transport.abort()
 
@@ -230,11 +245,39 @@ class _Connection(asyncio.Protocol):
             self._process()
 
     def _send(self, data):
-        if self.transport is not None and not self._closing:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                self.transport.write(data)
-            else:
-                self.transport.writelines(data)
+        if self.transport is None or self._aborted:
+            return
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            self._out.append(data)
+        else:
+            self._out.extend(data)
+        if not self._batching:
+            self._flush_out()
+
+    def _flush_out(self):
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self.transport is None or self._aborted:
+            return
+        write = self.transport.write
+        if len(out) == 1:
+            write(out[0])
+            return
+        # Join small pieces into one send; pass big payloads on as they
+        # are rather than copying them once more.
+        small = []
+        for piece in out:
+            if len(piece) < _JOIN_LIMIT:
+                small.append(piece)
+                continue
+            if small:
+                write(b''.join(small))
+                small = []
+            write(piece)
+        if small:
+            write(b''.join(small))
 
     def _process(self):
         core = self.core
@@ -418,6 +461,7 @@ class _Connection(asyncio.Protocol):
     def _close_after_replies(self):
         self._closing = True
         if self.transport is not None and self._background == 0:
+            self._flush_out()
             self.transport.close()
 
     # -- transmission ------------------------------------------------------------

@@ -149,24 +149,41 @@ class VolumeHandle:
         self._enter(offset, length, True)
         try:
             cs = self._cs
-            vol = self._vol
-            locate = self._group.locate
-            pos = 0
-            while pos < length:
-                lcl, within = divmod(offset + pos, cs)
-                n = min(length - pos, cs - within)
-                chunk = view[pos:pos + n]
-                pcl = vol.map.get(lcl)
+            lcl, within = divmod(offset, cs)
+            if not length:
+                pass
+            elif within + length <= cs:
+                # One cluster, the common case.
+                pcl = self._vol.map.get(lcl)
                 if pcl >= 0:
-                    dev, base = locate(pcl)
-                    dev.pwrite(chunk, base + within)
+                    dev, base = self._group.locate(pcl)
+                    dev.pwrite(view, base + within)
                 else:
-                    self._write_new(lcl, within, chunk)
-                pos += n
+                    self._write_new(lcl, within, view)
+            else:
+                self._write_clusters(offset, view)
         finally:
             self._gate.leave()
         if fua:
             self._group.commit()
+
+    def _write_clusters(self, offset: int, view) -> None:
+        cs = self._cs
+        vol = self._vol
+        locate = self._group.locate
+        length = len(view)
+        pos = 0
+        while pos < length:
+            lcl, within = divmod(offset + pos, cs)
+            n = min(length - pos, cs - within)
+            chunk = view[pos:pos + n]
+            pcl = vol.map.get(lcl)
+            if pcl >= 0:
+                dev, base = locate(pcl)
+                dev.pwrite(chunk, base + within)
+            else:
+                self._write_new(lcl, within, chunk)
+            pos += n
 
     def _write_new(self, lcl: int, within: int, chunk) -> None:
         """First write to a cluster this volume does not own yet."""
