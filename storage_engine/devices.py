@@ -86,7 +86,8 @@ class Device:
 
     def pread(self, length: int, offset: int, nowait: bool = False) -> bytes:
         """Read; with ``nowait``, raise BlockingIOError instead of waiting
-        for the disk (the data is not all in the page cache)."""
+        for the disk (the data is not all in the page cache).
+        """
         if nowait:
             return self._pread_nowait(length, offset)
         try:

@@ -31,8 +31,8 @@ def main():
         say('opened volume group %s on %s' % (vg.name, pv0))
     else:
         vg = VolumeGroup.create([(pv0, 20 * units.Gi)], name='demo')
-        say('created volume group %s: a 20 GiB sparse file %s' % (vg.name,
-                                                                   pv0))
+        say('created volume group %s: a 20 GiB sparse file %s'
+            % (vg.name, pv0))
     with vg:
         for name in ('demo-clone', 'demo-thick', 'demo-vol'):
             try:

@@ -114,7 +114,7 @@ class NBDClient:
         finally:
             client.sock.close()
 
-    # -- requests --------------------------------------------------------------
+    # -- requests -------------------------------------------------------------
 
     def _request(self, pair, kinds):
         _handle, data = pair

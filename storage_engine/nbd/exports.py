@@ -15,7 +15,8 @@ IPNetwork = typing.Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 @dataclasses.dataclass(frozen=True)
 class Peer:
     """Who is connecting: an address (None on a Unix socket) and, once
-    TLS is up, the names its client certificate proves."""
+    TLS is up, the names its client certificate proves.
+    """
 
     address: typing.Optional[ipaddress._BaseAddress]
     tls_identities: frozenset = frozenset()

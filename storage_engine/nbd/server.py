@@ -228,7 +228,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -- the event loop ----------------------------------------------------------
+    # -- the event loop -------------------------------------------------------
 
     def _update_reading(self):
         if self.transport is None or self._closing:
@@ -293,7 +293,7 @@ class _Connection(asyncio.Protocol):
                 return
             handler(self, event)
 
-    # -- handshake ---------------------------------------------------------------
+    # -- handshake ------------------------------------------------------------
 
     def _tls_needed(self) -> bool:
         return self.server.tls_mode == TLS_REQUIRE and not self.core.tls_active
@@ -464,7 +464,7 @@ class _Connection(asyncio.Protocol):
             self._flush_out()
             self.transport.close()
 
-    # -- transmission ------------------------------------------------------------
+    # -- transmission ---------------------------------------------------------
 
     def _fail(self, handle, exc):
         if not isinstance(exc, (errors.EngineError, OSError)):

@@ -79,7 +79,7 @@ class ClusterMap:
                 yield lcl, value
 
     def physical_clusters(self):
-        """Yield every physical cluster this map owns (for ownership checks)."""
+        """Yield every physical cluster this map owns (ownership checks)."""
         for page in self.pages:
             if page is not None:
                 for value in page:

@@ -30,13 +30,13 @@ from storage_engine import errors
 from storage_engine import names
 from storage_engine.volstore import allocator as allocator_mod
 from storage_engine.volstore import checkpoint
+from storage_engine.volstore.clustermap import UNMAPPED
 from storage_engine.volstore import info
 from storage_engine.volstore import iogate
 from storage_engine.volstore import journal as journal_mod
 from storage_engine.volstore import layout
 from storage_engine.volstore import records
 from storage_engine.volstore import state as state_mod
-from storage_engine.volstore.clustermap import UNMAPPED, ZERO
 
 DEFAULT_CLUSTER_SIZE = 1024 * 1024
 DEFAULT_JOURNAL_SIZE = 64 * 1024 * 1024
@@ -82,7 +82,7 @@ def _pv_spec(spec):
 class VolumeGroup:
     """An open volume group. Thread-safe; one open handle per group."""
 
-    # -- creation and opening --------------------------------------------------
+    # -- creation and opening -------------------------------------------------
 
     def __init__(self):
         self._meta_lock = threading.RLock()
@@ -342,7 +342,7 @@ class VolumeGroup:
         raise errors.MetadataError('cluster %d is past the end of the group'
                                    % pcl)
 
-    # -- commits and checkpoints -------------------------------------------------
+    # -- commits and checkpoints ----------------------------------------------
 
     def _defer_free(self, pcl: int) -> None:
         self._frees.append(pcl)
@@ -500,7 +500,7 @@ class VolumeGroup:
             raise errors.ReadOnly('volume group %s is open read-only'
                                   % self.name)
 
-    # -- lookups -----------------------------------------------------------------
+    # -- lookups --------------------------------------------------------------
 
     def _lookup(self, ref: str, kind: str | None = None):
         if not isinstance(ref, str):
@@ -583,7 +583,7 @@ class VolumeGroup:
                 (pv.clusters - used) * cs))
         return out
 
-    # -- capacity ----------------------------------------------------------------
+    # -- capacity -------------------------------------------------------------
 
     def _meta_reserve(self) -> int:
         """Clusters kept free for the next checkpoints."""
@@ -674,7 +674,7 @@ class VolumeGroup:
             self._apply_live(records.R_POLICY, pol)
         self.commit()
 
-    # -- management operations ---------------------------------------------------
+    # -- management operations ------------------------------------------------
 
     def _check_size(self, size) -> int:
         if not isinstance(size, int) or isinstance(size, bool) or \
@@ -918,8 +918,8 @@ class VolumeGroup:
             if new_name != vol.name:
                 if new_name in self.state.by_name:
                     raise errors.AlreadyExists(
-                        '%s already exists in group %s' % (new_name,
-                                                          self.name))
+                        '%s already exists in group %s'
+                        % (new_name, self.name))
                 self._apply_live(records.R_RENAME,
                                  {'vid': vol.vid, 'name': new_name})
         self.commit()
@@ -1024,7 +1024,7 @@ class VolumeGroup:
                 self.allocator.grow(pv.clusters)
             self._write_superblock()
 
-    # -- data path and checks ------------------------------------------------------
+    # -- data path and checks -------------------------------------------------
 
     def open_volume(self, ref: str):
         """A handle for I/O on a volume or (read-only) a snapshot."""

@@ -140,7 +140,8 @@ class Journal:
     def fits(self, records) -> bool:
         """Whether ``records`` can be appended without overwriting any
         record replay still needs (one block is kept free, so the head
-        never catches up with the start)."""
+        never catches up with the start).
+        """
         body = _align(sum(HEADER_SIZE + len(p) for _t, p in records))
         return body <= self.size // 2 and \
             self.used + self.commit_size(records) <= self.size - BLOCK

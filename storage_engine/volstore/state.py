@@ -22,7 +22,8 @@ soon as it has at most one child left.
 
 from storage_engine import errors
 from storage_engine.volstore import clustermap
-from storage_engine.volstore.clustermap import UNMAPPED, ZERO
+from storage_engine.volstore.clustermap import UNMAPPED
+from storage_engine.volstore.clustermap import ZERO
 from storage_engine.volstore import records
 
 VOLUME = 'volume'
@@ -87,7 +88,7 @@ class State:
         # because free space is derived afterwards.
         self.on_free = on_free or (lambda pcl: None)
 
-    # -- queries ---------------------------------------------------------------
+    # -- queries --------------------------------------------------------------
 
     def nclusters(self, size: int) -> int:
         return -(-size // self.cluster_size)
@@ -122,7 +123,7 @@ class State:
     def visible(self):
         return (v for v in self.volumes.values() if not v.hidden)
 
-    # -- the one mutator -------------------------------------------------------
+    # -- the one mutator ------------------------------------------------------
 
     def apply(self, rtype: int, payload: bytes) -> None:
         if rtype == records.R_MAP:
@@ -147,7 +148,7 @@ class State:
             if self._is_thick(vol):
                 self.thick_reserved -= delta
 
-    # -- bookkeeping -----------------------------------------------------------
+    # -- bookkeeping ----------------------------------------------------------
 
     @staticmethod
     def _is_thick(vol: VolumeMeta) -> bool:
@@ -236,7 +237,7 @@ class State:
                 self._drop(node)
             node = parent
 
-    # -- handlers, one per record type -----------------------------------------
+    # -- handlers, one per record type ----------------------------------------
 
     def _on_create(self, body) -> None:
         vol = VolumeMeta(body['vid'], body['id'], body['name'], VOLUME,

@@ -11,9 +11,10 @@ All offsets and lengths are multiples of 512 bytes.
 """
 
 from storage_engine import errors
+from storage_engine.volstore.clustermap import UNMAPPED
+from storage_engine.volstore.clustermap import ZERO
 from storage_engine.volstore import info
 from storage_engine.volstore import layout
-from storage_engine.volstore.clustermap import UNMAPPED, ZERO
 
 SECTOR = layout.SECTOR
 
@@ -57,7 +58,7 @@ class VolumeHandle:
     def id(self) -> str:
         return self._vol.id
 
-    # -- checks ----------------------------------------------------------------
+    # -- checks ---------------------------------------------------------------
 
     def _check(self, offset: int, length: int, write: bool) -> None:
         vol = self._vol
@@ -86,11 +87,12 @@ class VolumeHandle:
             self._gate.leave()
             raise
 
-    # -- reads -----------------------------------------------------------------
+    # -- reads ----------------------------------------------------------------
 
     def read(self, offset: int, length: int, nowait: bool = False) -> bytes:
         """Read; with ``nowait``, raise BlockingIOError rather than wait
-        for the disk (an event loop then hands the read to a thread)."""
+        for the disk (an event loop then hands the read to a thread).
+        """
         self._enter(offset, length, False)
         try:
             cs = self._cs
@@ -109,7 +111,8 @@ class VolumeHandle:
 
     def read_extents(self, offset: int, length: int, nowait: bool = False):
         """Read as ``[(offset, length, bytes or None)]``; None is a range
-        that reads as zeros without being stored (NBD's OFFSET_HOLE)."""
+        that reads as zeros without being stored (NBD's OFFSET_HOLE).
+        """
         self._enter(offset, length, False)
         try:
             return self._read_runs(offset, length, nowait)
@@ -140,7 +143,7 @@ class VolumeHandle:
                  parts[0] if len(parts) == 1 else b''.join(parts))
                 for off, n, parts in runs]
 
-    # -- writes ----------------------------------------------------------------
+    # -- writes ---------------------------------------------------------------
 
     def write(self, offset: int, data, fua: bool = False) -> None:
         """Write ``data``; durable at the next flush, or at once with FUA."""
@@ -222,11 +225,12 @@ class VolumeHandle:
         self._check(0, 0, False)
         self._group.commit()
 
-    # -- discard and write-zeroes ----------------------------------------------
+    # -- discard and write-zeroes ---------------------------------------------
 
     def discard(self, offset: int, length: int) -> None:
         """Trim: the range reads as zeros afterwards and, where whole
-        clusters of a thin volume are covered, gives their space back."""
+        clusters of a thin volume are covered, gives their space back.
+        """
         self.write_zeroes(offset, length, may_unmap=True)
 
     def write_zeroes(self, offset: int, length: int,
@@ -291,7 +295,7 @@ class VolumeHandle:
             else:
                 self._write_new(lcl, within, bytes(n))
 
-    # -- allocation map ------------------------------------------------------------
+    # -- allocation map -------------------------------------------------------
 
     def allocation(self, offset: int = 0, length: int | None = None,
                    own: bool = False) -> list[info.Extent]:

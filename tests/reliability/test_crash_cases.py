@@ -7,17 +7,22 @@ CS = 64 << 10
 
 
 def _abandon(vg):
-    """Drop an open group as a crash would: no commit, no checkpoint
-    (the page cache survives, as it does when a process is killed)."""
+    """Drop an open group as a crash would: no commit, no checkpoint.
+
+    The page cache survives, as it does when a process is killed.
+    """
     vg._closed = True
     for pv in vg._pvs:
         pv.device.close()
 
 
 def test_freed_cluster_is_not_reused_before_the_free_is_durable(tmp_path):
-    """A discarded cluster handed to another volume before the discard is
+    """A freed cluster is not reused before the free is durable.
+
+    A discarded cluster handed to another volume before the discard is
     committed would, after a crash, show that volume's data in the first
-    one (whose discard the crash undid)."""
+    one (whose discard the crash undid).
+    """
     pv0 = str(tmp_path / 'pv0')
     vg = VolumeGroup.create([(pv0, 8 << 20)], cluster_size=CS,
                             journal_size=64 << 10)
@@ -62,8 +67,10 @@ def test_freed_cluster_is_not_reused_before_the_free_is_durable(tmp_path):
 
 
 def test_write_after_snapshot_never_reaches_the_snapshot(tmp_path):
-    """After a crash, a snapshot holds its point in time even when the
-    volume's copy-on-write writes since were not flushed."""
+    """After a crash a snapshot still holds its point in time.
+
+    Even when the volume's copy-on-write writes since were not flushed.
+    """
     pv0 = str(tmp_path / 'pv0')
     vg = VolumeGroup.create([(pv0, 16 << 20)], cluster_size=CS,
                             journal_size=64 << 10)

@@ -29,8 +29,6 @@ import sys
 import threading
 import time
 
-import pytest
-
 from storage_engine.volstore import check_group
 from storage_engine.volstore import VolumeGroup
 from tests.reliability import torture_writer as writer

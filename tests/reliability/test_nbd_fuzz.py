@@ -13,10 +13,10 @@ import logging
 import random
 import socket
 
-from storage_engine.nbd import constants as const
 from storage_engine.nbd.client import NBDClient
-from tests.interop.conftest import Harness
+from storage_engine.nbd import constants as const
 from storage_engine.volstore import VolumeGroup
+from tests.interop.conftest import Harness
 
 MiB = 1 << 20
 

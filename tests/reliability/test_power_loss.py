@@ -29,8 +29,11 @@ SECTOR = 512
 
 
 class PowerLoss(BaseException):
-    """The simulated power failure (not an EngineError: nothing catches
-    it on the way up, as nothing would run after a real one)."""
+    """The simulated power failure.
+
+    Not an EngineError: nothing catches it on the way up, as nothing would
+    run after a real one.
+    """
 
 
 class Recorder:

@@ -17,14 +17,13 @@ import shutil
 import tempfile
 
 from hypothesis import settings
-from hypothesis import strategies as st
 from hypothesis.stateful import Bundle
 from hypothesis.stateful import consumes
 from hypothesis.stateful import initialize
 from hypothesis.stateful import invariant
-from hypothesis.stateful import precondition
 from hypothesis.stateful import rule
 from hypothesis.stateful import RuleBasedStateMachine
+from hypothesis import strategies as st
 
 from storage_engine import errors
 from storage_engine.volstore import VolumeGroup
@@ -80,7 +79,7 @@ class VolumeStoreModel(RuleBasedStateMachine):
         self.counter += 1
         return '%s%d' % (prefix, self.counter)
 
-    # -- volumes ---------------------------------------------------------------
+    # -- volumes --------------------------------------------------------------
 
     @rule(target=volumes, sectors=st.integers(1, MAX_SECTORS),
           thin=st.booleans())
@@ -147,7 +146,7 @@ class VolumeStoreModel(RuleBasedStateMachine):
         self.vg.flatten(name)
         self.vols[name].chain = set()
 
-    # -- snapshots and clones --------------------------------------------------
+    # -- snapshots and clones -------------------------------------------------
 
     @rule(target=snapshots, name=volumes)
     def snapshot(self, name):
@@ -209,7 +208,7 @@ class VolumeStoreModel(RuleBasedStateMachine):
         for holder in list(self.vols.values()) + list(self.snaps.values()):
             holder.chain.discard(snap)
 
-    # -- durability ------------------------------------------------------------
+    # -- durability -----------------------------------------------------------
 
     @rule()
     def flush(self):
@@ -228,7 +227,7 @@ class VolumeStoreModel(RuleBasedStateMachine):
         _abandon(self.vg)
         self.vg = VolumeGroup.open(self.pv0)
 
-    # -- what must hold after every step ---------------------------------------
+    # -- what must hold after every step --------------------------------------
 
     def _contents(self):
         out = {}
