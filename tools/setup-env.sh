@@ -24,13 +24,18 @@ apt_install() {
         apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-# Bootstrap: a Python with venv, before bindep itself can run.
-if ! python3 -m venv --help >/dev/null 2>&1 || ! command -v gcc >/dev/null; then
+# Bootstrap: a Python that can make a venv, before bindep itself can run.
+# (Debian's python3 answers `-m venv --help` without python3-venv, so try
+# the real thing.)
+if ! command -v python3 >/dev/null; then
     apt_install python3 python3-venv python3-dev gcc
 fi
-
 if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+    if ! python3 -m venv .venv >/dev/null 2>&1; then
+        rm -rf .venv
+        apt_install python3 python3-venv python3-dev gcc
+        python3 -m venv .venv
+    fi
 fi
 stamp=.venv/.installed
 want=$(cat requirements.txt test-requirements.txt setup.cfg | sha1sum)
