@@ -115,6 +115,15 @@ class VolumeHandle:
         """
         self._enter(offset, length, False)
         try:
+            lcl, within = divmod(offset, self._cs)
+            if length and within + length <= self._cs:
+                # One cluster, the common case.
+                pcl = self._group.state.resolve(self._vol, lcl)
+                if pcl < 0:
+                    return [(offset, length, None)]
+                dev, base = self._group.locate(pcl)
+                return [(offset, length,
+                         dev.pread(length, base + within, nowait))]
             return self._read_runs(offset, length, nowait)
         finally:
             self._gate.leave()
