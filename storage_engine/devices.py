@@ -44,6 +44,9 @@ class Device:
         # Cleared the first time the cheap zeroing path is refused, so the
         # fallback is not retried on every allocation.
         self._can_punch = True
+        # Written since the last sync (set after each write lands, so a
+        # sync that starts after a write completed always sees it).
+        self.dirty = False
 
     @classmethod
     def open(cls, path: str, read_only: bool = False,
@@ -121,6 +124,7 @@ class Device:
         try:
             n = os.pwrite(self.fd, data, offset)
             if n == len(data):
+                self.dirty = True
                 return                  # the usual case: all written
             view = memoryview(data).cast('B')[n:]
             offset += n
@@ -128,6 +132,7 @@ class Device:
                 n = os.pwrite(self.fd, view, offset)
                 view = view[n:]
                 offset += n
+            self.dirty = True
         except OSError as e:
             raise errors.DeviceError('write error on %s at %d: %s'
                                      % (self.path, offset, e), path=self.path)
@@ -143,6 +148,7 @@ class Device:
                                 struct.pack('=QQ', offset, length))
                 else:
                     self._punch(offset, length)
+                self.dirty = True
                 return
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.ENOTTY,
@@ -164,6 +170,7 @@ class Device:
             raise OSError(err, os.strerror(err))
 
     def sync(self) -> None:
+        self.dirty = False
         try:
             os.fdatasync(self.fd)
         except OSError as e:

@@ -400,8 +400,12 @@ class VolumeGroup:
                 if recs and not self.journal.fits(recs):
                     blob = checkpoint.dump(self.state, self._seed)
             try:
+                # Data before metadata. A PV nobody wrote since its last
+                # sync has nothing to make durable (the flag is read after
+                # the records were captured, see Device.dirty).
                 for pv in self._pvs:
-                    pv.device.sync()
+                    if pv.device.dirty:
+                        pv.device.sync()
                 if blob is not None:
                     self._write_checkpoint(blob, self.journal.next_lsn)
                 elif recs:
