@@ -29,16 +29,17 @@ import struct
 import typing
 
 from storage_engine.nbd import constants as const
-from storage_engine.nbd.protocol import Buffer
 from storage_engine.nbd.protocol import ConnectionClosed
-from storage_engine.nbd.protocol import decode_string
-from storage_engine.nbd.protocol import encode_string
 from storage_engine.nbd.protocol import Event
-from storage_engine.nbd.protocol import LocalProtocolError
 from storage_engine.nbd.protocol import NEED_DATA
 from storage_engine.nbd.protocol import PAUSED
 from storage_engine.nbd.protocol import Pending
 from storage_engine.nbd.protocol import ProtocolError
+from storage_engine.nbd import wire
+from storage_engine.nbd.wire import Buffer
+from storage_engine.nbd.wire import decode_string
+from storage_engine.nbd.wire import encode_string
+from storage_engine.nbd.wire import LocalProtocolError
 
 __all__ = [
     'ClientConnection', 'ClientState', 'ServerGreeting', 'OptionAck',
@@ -183,18 +184,9 @@ class CommandFailed(Event):
     offset: typing.Optional[int] = None
 
 
-_U16 = struct.Struct('>H')
-_U32 = struct.Struct('>I')
 _U64 = struct.Struct('>Q')
-_GREETING = struct.Struct('>QQH')
-_OPTION_HEADER = struct.Struct('>QII')
-_OPTION_REPLY = struct.Struct('>QIII')
-_EXPORT_NAME_REPLY = struct.Struct('>QH')
 _INFO_EXPORT = struct.Struct('>QH')
 _INFO_BLOCK_SIZE = struct.Struct('>III')
-_REQUEST = struct.Struct('>IHHQQI')
-_SIMPLE_REPLY = struct.Struct('>IIQ')
-_CHUNK = struct.Struct('>IHHQI')
 _ERROR_HEAD = struct.Struct('>IH')
 _EXTENT = struct.Struct('>II')
 
@@ -229,59 +221,6 @@ class _Request:
             str, typing.Tuple[typing.Tuple[int, int], ...]] = {}
 
 
-class _Inbound:
-    """Receive buffer; bulk read data is copied straight to its buffer."""
-
-    __slots__ = ('buf', 'eof', 'sink', 'sink_pos')
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.eof = False
-        self.sink: typing.Optional[memoryview] = None
-        self.sink_pos = 0
-
-    def feed(self, data: Buffer) -> None:
-        n = len(data)
-        if not n:
-            self.eof = True
-            return
-        if self.eof:
-            raise LocalProtocolError('data received after end of file')
-        sink = self.sink
-        if sink is not None:
-            pos = self.sink_pos
-            room = len(sink) - pos
-            if room:
-                if n <= room:
-                    sink[pos:pos + n] = data
-                    self.sink_pos = pos + n
-                    return
-                sink[pos:] = memoryview(data)[:room]
-                self.sink_pos = pos + room
-                data = memoryview(data)[room:]
-        self.buf += data
-
-    def start_sink(self, target: memoryview) -> bool:
-        n = len(target)
-        have = min(n, len(self.buf))
-        if have:
-            with memoryview(self.buf) as view:
-                target[:have] = view[:have]
-            del self.buf[:have]
-        if have == n:
-            return True
-        self.sink = target
-        self.sink_pos = have
-        return False
-
-    def end_sink(self) -> None:
-        self.sink = None
-        self.sink_pos = 0
-
-    def idle(self) -> bool:
-        return not self.buf and self.sink is None
-
-
 class ClientConnection:
     """One NBD connection, client side, with no I/O.
 
@@ -290,7 +229,7 @@ class ClientConnection:
 
     def __init__(self, *, no_zeroes: bool = True) -> None:
         self._want_no_zeroes = no_zeroes
-        self._in = _Inbound()
+        self._in = wire.InboundBuffer()
         self._state = ClientState.GREETING
         self._error: typing.Optional[ProtocolError] = None
         self.handshake_flags = 0
@@ -382,7 +321,7 @@ class ClientConnection:
         buf = self._in.buf
         if len(buf) < 18:
             return self._need()
-        magic, newstyle, flags = _GREETING.unpack_from(buf)
+        magic, newstyle, flags = wire.GREETING.unpack_from(buf)
         del buf[:18]
         if magic != const.NBDMAGIC:
             return self._fail('not an NBD server (magic 0x%016x)' % magic)
@@ -409,7 +348,7 @@ class ClientConnection:
             flags |= const.NBD_FLAG_C_NO_ZEROES
         self.client_flags = flags
         self._state = ClientState.OPTIONS
-        return _U32.pack(flags)
+        return wire.U32.pack(flags)
 
     def _send_option(self, option: int, data: bytes = b'') -> bytes:
         if self._state is not ClientState.OPTIONS:
@@ -425,7 +364,8 @@ class ClientConnection:
         self._info_export = None
         self._info_block_size = None
         self._pending_contexts = {}
-        return _OPTION_HEADER.pack(const.IHAVEOPT, option, len(data)) + data
+        return wire.OPTION_HEADER.pack(const.IHAVEOPT, option,
+                                       len(data)) + data
 
     def opt_raw(self, option: int, data: bytes = b'') -> bytes:
         """Any option with any data (tests, unknown options)."""
@@ -452,7 +392,7 @@ class ClientConnection:
                    ) -> bytes:
         raw = encode_string(name, 'export name')
         requests = tuple(info_requests)
-        return (_U32.pack(len(raw)) + raw + _U16.pack(len(requests))
+        return (wire.U32.pack(len(raw)) + raw + wire.U16.pack(len(requests))
                 + struct.pack('>%dH' % len(requests), *requests))
 
     def opt_info(self, name: str, info_requests: typing.Iterable[int] = (
@@ -474,11 +414,11 @@ class ClientConnection:
 
     def _meta_data(self, name: str, queries: typing.Iterable[str]) -> bytes:
         raw = encode_string(name, 'export name')
-        parts = [_U32.pack(len(raw)), raw]
+        parts = [wire.U32.pack(len(raw)), raw]
         encoded = [encode_string(q, 'query') for q in queries]
-        parts.append(_U32.pack(len(encoded)))
+        parts.append(wire.U32.pack(len(encoded)))
         for query in encoded:
-            parts.append(_U32.pack(len(query)))
+            parts.append(wire.U32.pack(len(query)))
             parts.append(query)
         return b''.join(parts)
 
@@ -524,7 +464,7 @@ class ClientConnection:
         self.structured_replies = False
         self.meta_contexts = {}
         self._contexts_export = None
-        self._in = _Inbound()
+        self._in = wire.InboundBuffer()
         self._state = ClientState.OPTIONS
 
     def close(self) -> None:
@@ -537,7 +477,7 @@ class ClientConnection:
             return self._next_export_name_reply()
         if len(buf) < 20:
             return self._need()
-        magic, option, reply, length = _OPTION_REPLY.unpack_from(buf)
+        magic, option, reply, length = wire.OPTION_REPLY.unpack_from(buf)
         if magic != const.NBD_REP_MAGIC:
             return self._fail('bad option reply magic 0x%x' % magic)
         if option != self._option:
@@ -594,7 +534,7 @@ class ClientConnection:
     def _rep_server(self, data: bytes) -> typing.Union[Event, Pending]:
         if len(data) < 4:
             return self._fail('short NBD_REP_SERVER')
-        (name_len,) = _U32.unpack_from(data)
+        (name_len,) = wire.U32.unpack_from(data)
         if name_len > len(data) - 4:
             return self._fail('NBD_REP_SERVER name overruns the reply')
         name = decode_string(data[4:4 + name_len])
@@ -606,7 +546,7 @@ class ClientConnection:
     def _rep_info(self, data: bytes) -> typing.Union[Event, Pending]:
         if len(data) < 2:
             return self._fail('NBD_REP_INFO shorter than 2 bytes')
-        (info,) = _U16.unpack_from(data)
+        (info,) = wire.U16.unpack_from(data)
         if info == const.NBD_INFO_EXPORT:
             if len(data) != 12:
                 return self._fail('NBD_INFO_EXPORT length is not 12')
@@ -636,7 +576,7 @@ class ClientConnection:
                           ) -> typing.Union[Event, Pending]:
         if len(data) < 4:
             return self._fail('short NBD_REP_META_CONTEXT')
-        (context_id,) = _U32.unpack_from(data)
+        (context_id,) = wire.U32.unpack_from(data)
         name = decode_string(data[4:])
         if name is None:
             return self._fail('invalid context name')
@@ -654,7 +594,7 @@ class ClientConnection:
         if len(buf) < need:
             # A refused NBD_OPT_EXPORT_NAME is a closed connection.
             return self._need()
-        size, flags = _EXPORT_NAME_REPLY.unpack_from(buf)
+        size, flags = wire.EXPORT_NAME_REPLY.unpack_from(buf)
         del buf[:need]
         return self._ready(size, flags)
 
@@ -738,8 +678,8 @@ class ClientConnection:
         if validate and kind != const.NBD_CMD_DISC:
             self._check(kind, flags, offset, length)
         handle = self._new_handle()
-        header = _REQUEST.pack(const.NBD_REQUEST_MAGIC, flags, kind, handle,
-                               offset, length)
+        header = wire.REQUEST.pack(const.NBD_REQUEST_MAGIC, flags, kind,
+                                   handle, offset, length)
         if kind == const.NBD_CMD_DISC:
             self._state = ClientState.DISCONNECTED
         else:
@@ -803,7 +743,7 @@ class ClientConnection:
         buf = inb.buf
         if len(buf) < 4:
             return self._need()
-        (magic,) = _U32.unpack_from(buf)
+        (magic,) = wire.U32.unpack_from(buf)
         if magic == const.NBD_SIMPLE_REPLY_MAGIC:
             return self._simple_reply()
         if magic == const.NBD_STRUCTURED_REPLY_MAGIC:
@@ -815,7 +755,7 @@ class ClientConnection:
         buf = inb.buf
         if len(buf) < 16:
             return self._need()
-        _magic, error, handle = _SIMPLE_REPLY.unpack_from(buf)
+        _magic, error, handle = wire.SIMPLE_REPLY.unpack_from(buf)
         request = self._inflight.get(handle)
         if request is None:
             return self._fail('simple reply for unknown handle %d' % handle)
@@ -844,7 +784,7 @@ class ClientConnection:
         buf = inb.buf
         if len(buf) < 20:
             return self._need()
-        _magic, flags, kind, handle, length = _CHUNK.unpack_from(buf)
+        _magic, flags, kind, handle, length = wire.CHUNK.unpack_from(buf)
         if not self.structured_replies:
             return self._fail('structured reply was not negotiated')
         request = self._inflight.get(handle)
@@ -946,7 +886,7 @@ class ClientConnection:
         if (request.kind != const.NBD_CMD_BLOCK_STATUS or length < 12
                 or (length - 4) % 8):
             return 'invalid BLOCK_STATUS chunk'
-        (context_id,) = _U32.unpack_from(payload)
+        (context_id,) = wire.U32.unpack_from(payload)
         name = self.meta_contexts.get(context_id)
         if name is None:
             return 'status for unknown context id %d' % context_id

@@ -68,23 +68,18 @@ import struct
 import typing
 
 from storage_engine.nbd import constants as const
+from storage_engine.nbd import wire
+from storage_engine.nbd.wire import Buffer  # noqa: F401 (part of the API)
+from storage_engine.nbd.wire import decode_string
+from storage_engine.nbd.wire import encode_string
+from storage_engine.nbd.wire import LocalProtocolError
 
-Buffer = typing.Union[bytes, bytearray, memoryview]
 
 #: Option payloads above this are skipped unread and answered with
 #: NBD_REP_ERR_TOO_BIG. A legitimate option is a 4096-byte name plus a few
 #: queries, far below this; the limit keeps a hostile client from making us
 #: buffer 4 GiB during the handshake.
 MAX_OPTION_LENGTH = 64 * 1024
-
-
-class LocalProtocolError(Exception):
-    """Our side asked the core to do something the protocol forbids now.
-
-    Raised by the serialising methods (never by parsing): the state of the
-    connection is left unchanged, so the caller may recover, but usually
-    this is a bug in the I/O layer.
-    """
 
 
 class Pending(enum.Enum):
@@ -322,17 +317,8 @@ OptionEvent = typing.Union[
 
 # -- wire formats -----------------------------------------------------------
 
-_U16 = struct.Struct('>H')
-_U32 = struct.Struct('>I')
-_GREETING = struct.Struct('>QQH')
-_OPTION_HEADER = struct.Struct('>QII')
-_OPTION_REPLY = struct.Struct('>QIII')
-_EXPORT_NAME_REPLY = struct.Struct('>QH')
 _INFO_EXPORT = struct.Struct('>HQH')
 _INFO_BLOCK_SIZE = struct.Struct('>HIII')
-_REQUEST = struct.Struct('>IHHQQI')
-_SIMPLE_REPLY = struct.Struct('>IIQ')
-_CHUNK = struct.Struct('>IHHQI')
 _CHUNK_DATA = struct.Struct('>IHHQIQ')        # header + offset
 _CHUNK_HOLE = struct.Struct('>IHHQIQI')       # header + offset + size
 _CHUNK_ERROR = struct.Struct('>IHHQIIH')      # header + error + msglen
@@ -373,29 +359,6 @@ _ENOSPC_BEYOND_END = frozenset((const.NBD_CMD_WRITE,
                                 const.NBD_CMD_WRITE_ZEROES))
 
 
-def decode_string(raw: Buffer) -> typing.Optional[str]:
-    """Decode a protocol string, or None if the spec forbids it.
-
-    "a sequence of UTF-8 code points, which is not NUL terminated, MUST NOT
-    contain NUL characters ... MUST be no longer than 4096 bytes".
-    """
-    if len(raw) > const.NBD_MAX_STRING or b'\0' in raw:
-        return None
-    try:
-        return bytes(raw).decode('utf-8')
-    except UnicodeDecodeError:
-        return None
-
-
-def encode_string(text: str, what: str = 'string') -> bytes:
-    """Encode a string we send, refusing what the spec forbids."""
-    raw = text.encode('utf-8')
-    if len(raw) > const.NBD_MAX_STRING or b'\0' in raw:
-        raise LocalProtocolError('%s is longer than %d bytes or contains NUL'
-                                 % (what, const.NBD_MAX_STRING))
-    return raw
-
-
 def zero_pieces(length: int) -> typing.List[Buffer]:
     """Zero bytes for a reply, as views of one shared buffer (no alloc)."""
     pieces: typing.List[Buffer] = []
@@ -405,95 +368,6 @@ def zero_pieces(length: int) -> typing.List[Buffer]:
         pieces.append(memoryview(_ZEROES)[:n])
         length -= n
     return pieces
-
-
-class _Inbound:
-    """Received bytes not parsed yet, plus two shortcuts for payloads.
-
-    A large payload (a WRITE on the server, read data on the client) is
-    copied straight from the received chunk into its final buffer (the
-    *sink*) instead of being appended to the parse buffer first; a payload
-    that must be thrown away (an invalid WRITE) is dropped as it arrives
-    (*skip*). Both keep memory bounded and cost one copy at most.
-    """
-
-    __slots__ = ('buf', 'eof', 'sink', 'sink_pos', 'skip')
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.eof = False
-        self.sink: typing.Optional[typing.Any] = None
-        self.sink_pos = 0
-        self.skip = 0
-
-    def feed(self, data: Buffer) -> None:
-        n = len(data)
-        if not n:
-            self.eof = True
-            return
-        if self.eof:
-            raise LocalProtocolError('data received after end of file')
-        if self.skip:
-            if n <= self.skip:
-                self.skip -= n
-                return
-            data = memoryview(data)[self.skip:]
-            self.skip = 0
-            n = len(data)
-        sink = self.sink
-        if sink is not None:
-            pos = self.sink_pos
-            room = len(sink) - pos
-            if room:
-                if n <= room:
-                    sink[pos:pos + n] = data
-                    self.sink_pos = pos + n
-                    return
-                sink[pos:] = memoryview(data)[:room]
-                self.sink_pos = pos + room
-                data = memoryview(data)[room:]
-        self.buf += data
-
-    def take(self, n: int) -> bytes:
-        """Remove and return the first *n* buffered bytes (one copy)."""
-        with memoryview(self.buf) as view:
-            out = view[:n].tobytes()
-        del self.buf[:n]
-        return out
-
-    def start_sink(self, target: typing.Any) -> bool:
-        """Route the next len(target) bytes into *target*; True if full."""
-        n = len(target)
-        have = min(n, len(self.buf))
-        if have:
-            with memoryview(self.buf) as view:
-                target[:have] = view[:have]
-            del self.buf[:have]
-        if have == n:
-            return True
-        self.sink = target
-        self.sink_pos = have
-        return False
-
-    def sink_full(self) -> bool:
-        return self.sink_pos == len(self.sink)
-
-    def end_sink(self) -> typing.Any:
-        target = self.sink
-        self.sink = None
-        self.sink_pos = 0
-        return target
-
-    def start_skip(self, n: int) -> bool:
-        """Discard the next *n* bytes; True if they were all buffered."""
-        have = min(n, len(self.buf))
-        del self.buf[:have]
-        self.skip = n - have
-        return not self.skip
-
-    def idle(self) -> bool:
-        """True between messages: nothing buffered or half-received."""
-        return not self.buf and self.sink is None and not self.skip
 
 
 class ServerConnection:
@@ -513,7 +387,7 @@ class ServerConnection:
             raise ValueError('max_payload must be within 1..2^32-1')
         self.max_payload = max_payload
         self.max_option_length = max_option_length
-        self._in = _Inbound()
+        self._in = wire.InboundBuffer()
         self._state = ServerState.START
         self._error: typing.Optional[ProtocolError] = None
         self.client_flags = 0
@@ -622,7 +496,7 @@ class ServerConnection:
         if self._state is not ServerState.START:
             raise LocalProtocolError('greeting already sent')
         self._state = ServerState.HANDSHAKE
-        return _GREETING.pack(
+        return wire.GREETING.pack(
             const.NBDMAGIC, const.IHAVEOPT,
             const.NBD_FLAG_FIXED_NEWSTYLE | const.NBD_FLAG_NO_ZEROES)
 
@@ -630,7 +504,7 @@ class ServerConnection:
         buf = self._in.buf
         if len(buf) < 4:
             return self._need()
-        (flags,) = _U32.unpack_from(buf)
+        (flags,) = wire.U32.unpack_from(buf)
         del buf[:4]
         # "the server MUST drop the TCP connection if the client sets an
         # unknown flag, or a flag that does not match something advertised"
@@ -651,7 +525,7 @@ class ServerConnection:
         buf = inb.buf
         if len(buf) < 16:
             return self._need()
-        magic, option, length = _OPTION_HEADER.unpack_from(buf)
+        magic, option, length = wire.OPTION_HEADER.unpack_from(buf)
         if magic != const.IHAVEOPT:
             return self._fail('bad option magic 0x%016x' % magic)
         fixed = self.client_flags & const.NBD_FLAG_C_FIXED_NEWSTYLE
@@ -743,7 +617,7 @@ class ServerConnection:
         if size < 6:
             return InvalidOption(option, const.NBD_REP_ERR_INVALID,
                                  'option data shorter than 6 bytes')
-        (name_len,) = _U32.unpack_from(data)
+        (name_len,) = wire.U32.unpack_from(data)
         # "length of name ... MUST be no larger than the option data
         # length - 6"
         if name_len > size - 6:
@@ -753,7 +627,7 @@ class ServerConnection:
         if name is None:
             return InvalidOption(option, const.NBD_REP_ERR_INVALID,
                                  'export name is not a valid string')
-        (count,) = _U16.unpack_from(data, 4 + name_len)
+        (count,) = wire.U16.unpack_from(data, 4 + name_len)
         if size != 6 + name_len + 2 * count:
             return InvalidOption(option, const.NBD_REP_ERR_INVALID,
                                  'information request count does not '
@@ -796,8 +670,8 @@ class ServerConnection:
         return event
 
     def _option_reply(self, reply_type: int, data: bytes = b'') -> bytes:
-        return _OPTION_REPLY.pack(const.NBD_REP_MAGIC, self._option_code,
-                                  reply_type, len(data)) + data
+        return wire.OPTION_REPLY.pack(const.NBD_REP_MAGIC, self._option_code,
+                                      reply_type, len(data)) + data
 
     def ack_option(self) -> bytes:
         """Final NBD_REP_ACK for the current option, with its effects.
@@ -862,8 +736,8 @@ class ServerConnection:
         raw = encode_string(name, 'export name')
         return self._option_reply(
             const.NBD_REP_SERVER,
-            _U32.pack(len(raw)) + raw + encode_string(description,
-                                                      'description'))
+            wire.U32.pack(len(raw)) + raw +
+            encode_string(description, 'description'))
 
     def _info(self, info_type: int, payload: bytes) -> bytes:
         self._answering(Info, Go)
@@ -889,12 +763,12 @@ class ServerConnection:
 
     def send_info_name(self, name: str) -> bytes:
         """NBD_INFO_NAME: the canonical name of the export."""
-        return self._info(const.NBD_INFO_NAME, _U16.pack(
+        return self._info(const.NBD_INFO_NAME, wire.U16.pack(
             const.NBD_INFO_NAME) + encode_string(name, 'export name'))
 
     def send_info_description(self, description: str) -> bytes:
         """NBD_INFO_DESCRIPTION: text for a human."""
-        return self._info(const.NBD_INFO_DESCRIPTION, _U16.pack(
+        return self._info(const.NBD_INFO_DESCRIPTION, wire.U16.pack(
             const.NBD_INFO_DESCRIPTION) + encode_string(description,
                                                         'description'))
 
@@ -940,7 +814,7 @@ class ServerConnection:
             self._next_context_id = (context_id % _MAX_U32) + 1
             self._pending_contexts[name] = context_id
         return self._option_reply(const.NBD_REP_META_CONTEXT,
-                                  _U32.pack(context_id) + raw)
+                                  wire.U32.pack(context_id) + raw)
 
     def accept_export_name(self, size: int, flags: int) -> bytes:
         """Answer NBD_OPT_EXPORT_NAME and enter transmission.
@@ -950,7 +824,7 @@ class ServerConnection:
         """
         event = self._answering(ExportName)
         flags = self._check_export(size, flags)
-        out = _EXPORT_NAME_REPLY.pack(size, flags)
+        out = wire.EXPORT_NAME_REPLY.pack(size, flags)
         # "124 bytes, zeroes (reserved) (unless NBD_FLAG_C_NO_ZEROES was
         # negotiated by the client)"
         if not self.client_flags & const.NBD_FLAG_C_NO_ZEROES:
@@ -982,7 +856,7 @@ class ServerConnection:
         self.structured_replies = False
         self._contexts = {}
         self._contexts_export = None
-        self._in = _Inbound()
+        self._in = wire.InboundBuffer()
         self._state = ServerState.OPTIONS
 
     def close(self) -> None:
@@ -1073,7 +947,8 @@ class ServerConnection:
         buf = inb.buf
         if len(buf) < 28:
             return self._need()
-        magic, flags, kind, handle, offset, length = _REQUEST.unpack_from(buf)
+        magic, flags, kind, handle, offset, length = \
+            wire.REQUEST.unpack_from(buf)
         if magic != const.NBD_REQUEST_MAGIC:
             return self._fail('bad request magic 0x%08x' % magic)
         del buf[:28]
@@ -1203,7 +1078,7 @@ class ServerConnection:
         """Success for a request without reply data (write, flush, ...)."""
         self._lookup(handle, (Write, Flush, Trim, Cache, WriteZeroes))
         self._retire(handle)
-        return _SIMPLE_REPLY.pack(const.NBD_SIMPLE_REPLY_MAGIC, 0, handle)
+        return wire.SIMPLE_REPLY.pack(const.NBD_SIMPLE_REPLY_MAGIC, 0, handle)
 
     def reply_error(self, handle: int, error: int, message: str = ''
                     ) -> bytes:
@@ -1224,8 +1099,8 @@ class ServerConnection:
                 const.NBD_REPLY_TYPE_ERROR, handle, 6 + len(raw), error,
                 len(raw)) + raw
         else:
-            out = _SIMPLE_REPLY.pack(const.NBD_SIMPLE_REPLY_MAGIC, error,
-                                     handle)
+            out = wire.SIMPLE_REPLY.pack(const.NBD_SIMPLE_REPLY_MAGIC, error,
+                                         handle)
         self._retire(handle)
         return out
 
@@ -1246,8 +1121,8 @@ class ServerConnection:
                 const.NBD_STRUCTURED_REPLY_MAGIC, const.NBD_REPLY_FLAG_DONE,
                 const.NBD_REPLY_TYPE_OFFSET_DATA, handle, 8 + length,
                 event.offset), data]
-        return [_SIMPLE_REPLY.pack(const.NBD_SIMPLE_REPLY_MAGIC, 0, handle),
-                data]
+        return [wire.SIMPLE_REPLY.pack(const.NBD_SIMPLE_REPLY_MAGIC, 0,
+                                       handle), data]
 
     def reply_read_extents(self, handle: int, extents: typing.Iterable[
             typing.Tuple[int, int, typing.Optional[Buffer]]]
@@ -1283,7 +1158,7 @@ class ServerConnection:
             raise LocalProtocolError('extents do not cover the request')
         self._retire(handle)
         if not self.structured_replies:
-            pieces: typing.List[Buffer] = [_SIMPLE_REPLY.pack(
+            pieces: typing.List[Buffer] = [wire.SIMPLE_REPLY.pack(
                 const.NBD_SIMPLE_REPLY_MAGIC, 0, handle)]
             for _offset, length, data in segments:
                 if data is None:
@@ -1433,9 +1308,9 @@ class ServerConnection:
         """NBD_REPLY_TYPE_NONE with NBD_REPLY_FLAG_DONE: end of a reply."""
         self._structured(handle, _ALL_REPLYABLE)
         self._retire(handle)
-        return _CHUNK.pack(const.NBD_STRUCTURED_REPLY_MAGIC,
-                           const.NBD_REPLY_FLAG_DONE,
-                           const.NBD_REPLY_TYPE_NONE, handle, 0)
+        return wire.CHUNK.pack(const.NBD_STRUCTURED_REPLY_MAGIC,
+                               const.NBD_REPLY_FLAG_DONE,
+                               const.NBD_REPLY_TYPE_NONE, handle, 0)
 
 
 _ALL_REPLYABLE = (Read, Write, Flush, Trim, Cache, WriteZeroes, BlockStatus,
@@ -1490,14 +1365,14 @@ def _parse_meta_context_data(data: bytes) -> typing.Union[
     size = len(data)
     if size < 8:
         return 'option data shorter than 8 bytes'
-    (name_len,) = _U32.unpack_from(data)
+    (name_len,) = wire.U32.unpack_from(data)
     if name_len > size - 8:
         return 'export name overruns the option data'
     name = decode_string(data[4:4 + name_len])
     if name is None:
         return 'export name is not a valid string'
     pos = 4 + name_len
-    (count,) = _U32.unpack_from(data, pos)
+    (count,) = wire.U32.unpack_from(data, pos)
     pos += 4
     # Each query needs at least its 4-byte length: bound the count first.
     if count > (size - pos) // 4:
@@ -1506,7 +1381,7 @@ def _parse_meta_context_data(data: bytes) -> typing.Union[
     for _ in range(count):
         if pos + 4 > size:
             return 'query overruns the option data'
-        (query_len,) = _U32.unpack_from(data, pos)
+        (query_len,) = wire.U32.unpack_from(data, pos)
         pos += 4
         if query_len > size - pos:
             return 'query overruns the option data'
