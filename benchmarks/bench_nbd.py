@@ -144,7 +144,7 @@ def make_group(scratch, size, thin):
     return pv0
 
 
-def run_thick(scratch, size, runtime, rounds, results):
+def run_thick(scratch, size, runtime, rounds, results, only=None):
     img = os.path.join(scratch, 'peer.img')
     with open(img, 'wb') as f:
         f.truncate(size)
@@ -156,6 +156,8 @@ def run_thick(scratch, size, runtime, rounds, results):
             fill(s.uri, size)
         os.sync()
         for name, rw, bs, qd, unit in WORKLOADS:
+            if only and not any(o in name for o in only):
+                continue
             samples = {s.name: [] for s in servers}
             for _ in range(rounds):
                 for s in servers:
@@ -213,6 +215,8 @@ def main():
     parser.add_argument('--quick', action='store_true')
     parser.add_argument('--rounds', type=int)
     parser.add_argument('--json')
+    parser.add_argument('--workloads', help='comma-separated parts of '
+                        'workload names to run, e.g. "seq,QD1,thin"')
     parser.add_argument('--scratch', default=os.path.join(ROOT, '..',
                                                           'bench-scratch'))
     args = parser.parse_args()
@@ -229,9 +233,11 @@ def main():
     print('NBD servers with fio (nbd engine), %d MiB, %d s per run, %d '
           'rounds, medians' % (size // MiB, runtime, rounds))
     print_header()
+    only = args.workloads.split(',') if args.workloads else None
     try:
-        run_thick(scratch, size, runtime, rounds, results)
-        run_thin_first_writes(scratch, 256 * MiB, rounds, results)
+        run_thick(scratch, size, runtime, rounds, results, only)
+        if not only or any(o in 'first writes (thin)' for o in only):
+            run_thin_first_writes(scratch, 256 * MiB, rounds, results)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print('(%.0f s)' % (time.time() - started))

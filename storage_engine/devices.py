@@ -120,6 +120,21 @@ class Device:
             raise BlockingIOError(errno.EAGAIN, 'short nowait read')
         return buf
 
+    def preadinto(self, view, offset: int) -> None:
+        """Read ``len(view)`` bytes into ``view`` (a writable buffer)."""
+        view = memoryview(view).cast('B')
+        try:
+            while view:
+                n = os.preadv(self.fd, [view], offset)
+                if n == 0:
+                    view[:] = bytes(len(view))      # sparse tail of a file
+                    return
+                view = view[n:]
+                offset += n
+        except OSError as e:
+            raise errors.DeviceError('read error on %s at %d: %s'
+                                     % (self.path, offset, e), path=self.path)
+
     def pwrite(self, data, offset: int) -> None:
         try:
             n = os.pwrite(self.fd, data, offset)

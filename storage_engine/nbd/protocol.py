@@ -382,11 +382,18 @@ class ServerConnection:
 
     def __init__(self, *,
                  max_payload: int = const.NBD_DEFAULT_MAX_PAYLOAD,
-                 max_option_length: int = MAX_OPTION_LENGTH) -> None:
+                 max_option_length: int = MAX_OPTION_LENGTH,
+                 payload_buffer: typing.Callable[[int], typing.Any] = None
+                 ) -> None:
+        """``payload_buffer(length)`` gives the writable buffer (exactly
+        ``length`` bytes) a WRITE payload is received into; the I/O layer
+        may pass one that reuses memory. Default: a new bytearray.
+        """
         if not 0 < max_payload <= _MAX_U32:
             raise ValueError('max_payload must be within 1..2^32-1')
         self.max_payload = max_payload
         self.max_option_length = max_option_length
+        self._payload_buffer = payload_buffer or bytearray
         self._in = wire.InboundBuffer()
         self._state = ServerState.START
         self._error: typing.Optional[ProtocolError] = None
@@ -975,7 +982,7 @@ class ServerConnection:
                 return event
             # The rest of the payload goes straight into its buffer as it
             # arrives (start_sink cannot fill it: the bytes are not here).
-            inb.start_sink(bytearray(length))
+            inb.start_sink(self._payload_buffer(length))
             self._pending_write = (flags, handle, offset, length)
             return self._need()
         if refusal is not None:

@@ -57,6 +57,13 @@ MAX_STATUS_LENGTH = 1 << 32
 MAX_BACKGROUND = 64
 # Replies shorter than this are joined into one send.
 _JOIN_LIMIT = 64 * 1024
+# Reads this large copy their data in the thread pool: the copy then
+# overlaps with the loop and needs no zero-filled buffer (a plain pread);
+# the hand-off is cheap next to the copy. (Large writes measured faster
+# inline: their copy into the page cache is the write itself.)
+LARGE_IO = int(os.environ.get('SE_NBD_LARGE_IO', 128 * 1024))
+SEND_BUFFER = 4 * 1024 * 1024
+WRITE_BUFFER_HIGH = 16 * 1024 * 1024
 
 _NBD_ERRNOS = {const.NBD_EPERM, const.NBD_EIO, const.NBD_ENOMEM,
                const.NBD_EINVAL, const.NBD_ENOSPC, const.NBD_EOVERFLOW,
@@ -106,6 +113,7 @@ class NBDServer:
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=8, thread_name_prefix='nbd-io')
         self.max_payload = max_payload
+        self.buffers = BufferPool()
         self._servers = []
         self._connections = set()
 
@@ -146,10 +154,43 @@ class NBDServer:
         return dropped
 
 
+class BufferPool:
+    """Reusable read buffers for large replies.
+
+    A fresh megabyte from malloc is mmap()ed, faulted in page by page and
+    unmapped again; reusing buffers doubled 1 MiB read throughput here.
+    Buffers come in power-of-two sizes from LARGE_IO up; a few of each are
+    kept.
+    """
+
+    KEEP = 16
+
+    def __init__(self):
+        self._free = {}
+
+    @staticmethod
+    def _size(length):
+        size = LARGE_IO
+        while size < length:
+            size *= 2
+        return size
+
+    def take(self, length):
+        free = self._free.get(self._size(length))
+        return free.pop() if free else bytearray(self._size(length))
+
+    def give(self, buf):
+        free = self._free.setdefault(len(buf), [])
+        if len(free) < self.KEEP:
+            free.append(buf)
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: NBDServer):
         self.server = server
-        self.core = proto.ServerConnection(max_payload=server.max_payload)
+        self.core = proto.ServerConnection(
+            max_payload=server.max_payload,
+            payload_buffer=self._payload_buffer)
         self.transport = None
         self.peer = None
         self.export = None
@@ -184,6 +225,13 @@ class _Connection(asyncio.Protocol):
             self._name = '%s:%s' % (peer[0], peer[1])
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # Room for a few maximum-size replies in the kernel, so a
+                # 1 MiB read reply leaves in one send.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                SEND_BUFFER)
+        # Do not stop reading requests for the sake of a few large replies
+        # queued in the transport (the default high-water mark is 64 KiB).
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.peer = exports_mod.Peer(address)
         transport.write(self.core.initiate())
 
@@ -501,6 +549,25 @@ class _Connection(asyncio.Protocol):
         offset, length = ev.offset, ev.length
         if (offset | length) % MIN_BLOCK:
             return self._unaligned_read(ev)
+        if length >= LARGE_IO:
+            pool = self.server.buffers
+            buf = pool.take(length)
+            view = memoryview(buf)[:length]
+
+            def reply(runs):
+                self._send(self.core.reply_read_extents(handle, runs))
+                self._flush_out()
+                # Reuse the buffer only if the transport holds none of it
+                # (everything went to the socket); otherwise let it go.
+                transport = self.transport
+                if transport is None or \
+                        transport.get_write_buffer_size() == 0:
+                    pool.give(buf)
+                return ()
+            self._in_thread(
+                handle, lambda: backend.read_extents_into(offset, view),
+                reply)
+            return
         try:
             runs = backend.read_extents(offset, length, nowait=True)
         except BlockingIOError:
@@ -524,7 +591,21 @@ class _Connection(asyncio.Protocol):
         self._in_thread(ev.handle, work,
                         lambda data: self.core.reply_read(ev.handle, data))
 
+    def _payload_buffer(self, length):
+        if length < LARGE_IO:
+            return bytearray(length)
+        return memoryview(self.server.buffers.take(length))[:length]
+
     def _on_write(self, ev):
+        try:
+            self._write(ev)
+        finally:
+            data = ev.data
+            if isinstance(data, memoryview) and len(data) >= LARGE_IO:
+                # Landed in the page cache (or failed): reuse the buffer.
+                self.server.buffers.give(data.obj)
+
+    def _write(self, ev):
         backend = self.backend
         if (ev.offset | ev.length) % MIN_BLOCK:
             return self._unaligned_write(ev)

@@ -128,6 +128,37 @@ class VolumeHandle:
         finally:
             self._gate.leave()
 
+    def read_extents_into(self, offset: int, view):
+        """Like read_extents, reading data into ``view`` (a buffer of the
+        request's length, reused by the caller): ``[(offset, length,
+        memoryview of view or None)]``; None ranges read as zeros and are
+        left untouched in ``view``.
+        """
+        view = memoryview(view).cast('B')
+        length = len(view)
+        self._enter(offset, length, False)
+        try:
+            resolve = self._group.state.resolve
+            locate = self._group.locate
+            vol = self._vol
+            runs = []
+            for lcl, within, n in self._segments(offset, length):
+                pos = lcl * self._cs + within
+                part = view[pos - offset:pos - offset + n]
+                pcl = resolve(vol, lcl)
+                if pcl >= 0:
+                    dev, base = locate(pcl)
+                    dev.preadinto(part, base + within)
+                is_data = pcl >= 0
+                if runs and runs[-1][2] == is_data:
+                    runs[-1][1] += n
+                else:
+                    runs.append([pos, n, is_data])
+            return [(off, n, view[off - offset:off - offset + n] if data
+                     else None) for off, n, data in runs]
+        finally:
+            self._gate.leave()
+
     def _read_runs(self, offset, length, nowait):
         resolve = self._group.state.resolve
         locate = self._group.locate
