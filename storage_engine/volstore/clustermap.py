@@ -62,6 +62,39 @@ class ClusterMap:
         page[j] = value
         return old
 
+    def set_run(self, lcl: int, pcl: int, count: int) -> list:
+        """Map ``count`` clusters from ``lcl`` to ``pcl..pcl+count-1``.
+
+        Page by page, in C loops: a thick terabyte is a million entries.
+        Returns the owned physical clusters the run replaced.
+        """
+        replaced = []
+        end = lcl + count
+        while lcl < end:
+            i = lcl >> PAGE_SHIFT
+            j = lcl & PAGE_MASK
+            n = min(PAGE_SIZE - j, end - lcl)
+            if i >= len(self.pages):
+                self.pages.extend([None] * (i + 1 - len(self.pages)))
+            page = self.pages[i]
+            if page is None:
+                page = self.pages[i] = array('q', _EMPTY_PAGE)
+            old = page[j:j + n]
+            if max(old) >= 0:
+                replaced.extend(v for v in old if v >= 0)
+            page[j:j + n] = array('q', range(pcl, pcl + n))
+            lcl += n
+            pcl += n
+        return replaced
+
+    def owned_clusters(self) -> list:
+        """Every physical cluster this map owns, as one list."""
+        out = []
+        for page in self.pages:
+            if page is not None and max(page) >= 0:
+                out.extend([v for v in page if v >= 0])
+        return out
+
     def entries(self):
         """Yield ``(logical, value)`` for every entry that is not UNMAPPED."""
         for i, page in enumerate(self.pages):

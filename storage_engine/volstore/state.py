@@ -182,12 +182,18 @@ class State:
             del self.by_name[vol.name]
 
     def _map_extents(self, vol: VolumeMeta, extents) -> None:
+        """Map runs of clusters (thick allocations), as set_entry would."""
         for lcl, pcl, count in extents:
-            for i in range(count):
-                self.set_entry(vol, lcl + i, pcl + i)
+            replaced = vol.map.set_run(lcl, pcl, count)
+            for old in replaced:
+                self.on_free(old)
+            delta = count - len(replaced)
+            vol.owned += delta
+            if self._is_thick(vol):
+                self.thick_reserved -= delta
 
     def _free_all(self, vol: VolumeMeta) -> None:
-        for _lcl, pcl in vol.map.owned():
+        for pcl in vol.map.owned_clusters():
             self.on_free(pcl)
         vol.map = clustermap.ClusterMap()
         vol.owned = 0
