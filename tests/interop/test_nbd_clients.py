@@ -156,7 +156,8 @@ def test_fio_nbd_engine_verify(vg, nbd):
     out = run(['fio', '--name=verify', '--ioengine=nbd',
                '--uri=' + nbd.uri('fio'), '--rw=randwrite', '--bs=4k',
                '--iodepth=16', '--size=32M', '--verify=crc32c',
-               '--verify_fatal=1', '--do_verify=1', '--output-format=json'])
+               '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0',
+               '--output-format=json'])
     job = json.loads(out.stdout[out.stdout.index('{'):])['jobs'][0]
     assert job['error'] == 0
     assert job['write']['io_bytes'] == 32 * MiB
