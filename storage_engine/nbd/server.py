@@ -144,15 +144,6 @@ class NBDServer:
         if self._own_executor:
             self.executor.shutdown(wait=True)
 
-    def disconnect_export(self, name: str) -> int:
-        """Drop every client of export ``name`` (before it goes away)."""
-        dropped = 0
-        for conn in list(self._connections):
-            if conn.export is not None and conn.export.name == name:
-                conn.abort()
-                dropped += 1
-        return dropped
-
 
 class BufferPool:
     """Reusable read buffers for large replies.

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 
+from storage_engine.nbd.client import NBDClient
 from tests.interop.conftest import MiB
 from tests.interop.conftest import run
 
@@ -49,6 +50,7 @@ def test_list_shows_only_exports_the_client_may_use(vg, nbd):
     listing = json.loads(run(['nbdinfo', '--json', '--list',
                               nbd.uri('')]).stdout)
     assert [e['export-name'] for e in listing['exports']] == ['mine']
+    assert NBDClient.list_exports(port=nbd.port) == ['mine']
 
 
 def test_hidden_export_answers_exactly_like_a_missing_one(vg, nbd):
