@@ -23,6 +23,7 @@ from collections.abc import Iterable
 import json
 import types
 from typing import Any
+import urllib.parse
 
 from storage_engine import errors as engine_errors
 from storage_engine.metastore import errors
@@ -231,3 +232,15 @@ def exhausted(prefix: str, tried: int) -> errors.Exhausted:
     return errors.Exhausted(
         'no free number under %s: all %d candidates are taken'
         % (prefix, tried), prefix=prefix, candidates=tried)
+
+
+def url_timeout(url: str, query: str, default: float) -> float:
+    """The ``timeout`` option of a store URL's query, in seconds."""
+    options = urllib.parse.parse_qs(query)
+    if 'timeout' not in options:
+        return default
+    try:
+        return float(options['timeout'][-1])
+    except ValueError:
+        raise errors.InvalidStoreURL('invalid timeout in store URL %r' % url,
+                                     url=url) from None

@@ -118,15 +118,7 @@ class EtcdStore(base.MetadataStore):
                 'invalid etcd store URL %r: use etcd3+http://host:port'
                 % url, url=url)
         namespace = urllib.parse.unquote(parts.path).strip('/')
-        options = urllib.parse.parse_qs(parts.query)
-        timeout = DEFAULT_TIMEOUT
-        if 'timeout' in options:
-            try:
-                timeout = float(options['timeout'][-1])
-            except ValueError:
-                raise errors.InvalidStoreURL(
-                    'invalid timeout in store URL %r' % url,
-                    url=url) from None
+        timeout = base.url_timeout(url, parts.query, DEFAULT_TIMEOUT)
         return cls(host, port, namespace or DEFAULT_NAMESPACE, timeout)
 
     # -- plumbing -------------------------------------------------------------

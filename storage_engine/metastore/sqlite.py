@@ -115,15 +115,8 @@ class SQLiteStore(base.MetadataStore):
             raise errors.InvalidStoreURL(
                 'invalid SQLite store URL %r: use sqlite:///absolute/path.db'
                 % url, url=url)
-        options = urllib.parse.parse_qs(parts.query)
-        busy_timeout = DEFAULT_BUSY_TIMEOUT
-        if 'timeout' in options:
-            try:
-                busy_timeout = float(options['timeout'][-1])
-            except ValueError:
-                raise errors.InvalidStoreURL(
-                    'invalid timeout in store URL %r' % url,
-                    url=url) from None
+        busy_timeout = base.url_timeout(url, parts.query,
+                                        DEFAULT_BUSY_TIMEOUT)
         return cls(urllib.parse.unquote(parts.path), busy_timeout)
 
     # -- plumbing -------------------------------------------------------------
