@@ -2,18 +2,9 @@
 
 from storage_engine import errors
 from storage_engine.volstore import VolumeGroup
+from tests.crash import abandon
 
 CS = 64 << 10
-
-
-def _abandon(vg):
-    """Drop an open group as a crash would: no commit, no checkpoint.
-
-    The page cache survives, as it does when a process is killed.
-    """
-    vg._closed = True
-    for pv in vg._pvs:
-        pv.device.close()
 
 
 def test_freed_cluster_is_not_reused_before_the_free_is_durable(tmp_path):
@@ -54,7 +45,7 @@ def test_freed_cluster_is_not_reused_before_the_free_is_durable(tmp_path):
     assert filled == 2
     assert freed not in (vg.state.by_name['b'].map.get(0),
                          vg.state.by_name['b'].map.get(1))
-    _abandon(vg)
+    abandon(vg)
 
     vg = VolumeGroup.open(pv0)
     try:
@@ -79,7 +70,7 @@ def test_write_after_snapshot_never_reaches_the_snapshot(tmp_path):
     v.write(0, b'1' * 4 * CS)
     vg.create_snapshot('v', 's')
     v.write(512, b'2' * 1024)
-    _abandon(vg)
+    abandon(vg)
     vg = VolumeGroup.open(pv0)
     try:
         assert vg.open_volume('s').read(0, 4 * CS) == b'1' * 4 * CS

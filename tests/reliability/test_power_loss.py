@@ -22,6 +22,7 @@ import pytest
 from storage_engine import devices
 from storage_engine import errors
 from storage_engine.volstore import VolumeGroup
+from tests.crash import abandon
 from tests.reliability import test_crash_torture as torture
 from tests.reliability import torture_writer as writer
 
@@ -106,12 +107,6 @@ def recorder(monkeypatch, request):
     return rec
 
 
-def _abandon(vg):
-    vg._closed = True
-    for pv in vg._pvs:
-        pv.device.close()
-
-
 def _open(pv0, rec):
     """Open (recover), with power failing during recovery at times."""
     while True:
@@ -155,7 +150,7 @@ def test_power_loss(tmp_path, recorder, request):
             failures_in_op += 1
         recorder.countdown = None
         recorder.power_fail()
-        _abandon(vg)
+        abandon(vg)
         candidates = torture.candidates_after(model, inflight)
 
         vg = VolumeGroup.open(pv0)

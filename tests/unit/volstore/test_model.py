@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from storage_engine import errors
 from storage_engine.volstore import VolumeGroup
+from tests.crash import abandon
 
 CS = 4096
 SECTOR = 512
@@ -224,7 +225,7 @@ class VolumeStoreModel(RuleBasedStateMachine):
     def crash_after_flush(self):
         """Everything flushed survives a crash: abandon without closing."""
         self.vg.flush()
-        _abandon(self.vg)
+        abandon(self.vg)
         self.vg = VolumeGroup.open(self.pv0)
 
     # -- what must hold after every step --------------------------------------
@@ -265,13 +266,6 @@ class VolumeStoreModel(RuleBasedStateMachine):
             return
         report = self.vg.check()
         assert report.ok, report.errors
-
-
-def _abandon(vg):
-    """Drop an open group as a crash would: no commit, no checkpoint."""
-    vg._closed = True
-    for pv in vg._pvs:
-        pv.device.close()
 
 
 def _diff(name, got, want):
