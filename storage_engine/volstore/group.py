@@ -172,7 +172,6 @@ class VolumeGroup:
             for path in created:
                 os.unlink(path)
             raise
-        self._build_locator()
         return self
 
     def _format_pv(self, dev, index, journal_size, force, base) -> '_PV':
@@ -262,7 +261,6 @@ class VolumeGroup:
             jr = sb['journal']
             self.journal = journal_mod.Journal(dev0, jr['offset'], jr['size'],
                                                self._seed)
-            self._build_locator()
             self._ckpt = sb['checkpoint']
             if self._ckpt is not None:
                 blob = self._read_runs(self._ckpt['runs'],
@@ -329,9 +327,6 @@ class VolumeGroup:
                 parts.append(dev.pread(n, off))
                 left -= n
         return b''.join(parts)
-
-    def _build_locator(self) -> None:
-        self._single = self._pvs[0] if len(self._pvs) == 1 else None
 
     def locate(self, pcl: int):
         """``(device, byte offset)`` of physical cluster ``pcl``."""
@@ -1024,7 +1019,6 @@ class VolumeGroup:
                 raise
             with self._meta_lock:
                 self._pvs.append(pv)
-                self._single = None
                 self.allocator.grow(pv.clusters)
             self._write_superblock()
 
