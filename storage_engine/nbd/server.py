@@ -338,7 +338,7 @@ class _Connection(asyncio.Protocol):
         return self.server.tls_mode == TLS_REQUIRE and not self.core.tls_active
 
     def _on_client_flags(self, event):
-        pass
+        """Nothing to do: the core already checked and applied them."""
 
     def _on_abort(self, event):
         self._send(self.core.ack_option())
@@ -526,8 +526,14 @@ class _Connection(asyncio.Protocol):
                         self._fail(handle, exc)
                     else:
                         self._send(reply(f.result()))
-                except proto.LocalProtocolError:
-                    pass        # the connection was closed meanwhile
+                except proto.LocalProtocolError as e:
+                    # Only a bug on our side gets here while the
+                    # connection is open: say so, and let the client
+                    # know by dropping it rather than never answering.
+                    if not self._closing:
+                        LOG.error('NBD client %s: cannot reply to handle '
+                                  '%d: %s', self._name, handle, e)
+                        self.abort()
             if self._closing:
                 self._close_after_replies()
             else:

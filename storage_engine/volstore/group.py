@@ -1051,6 +1051,10 @@ def _check_policy(ratio, reserved) -> None:
 
 
 def _wipe_label(dev) -> None:
+    """Best effort, while a failed create unwinds.
+
+    The error the caller sees is the one that made the create fail.
+    """
     try:
         dev.pwrite(bytes(layout.LABEL_SIZE), 0)
         dev.sync()

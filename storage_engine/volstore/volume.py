@@ -193,9 +193,7 @@ class VolumeHandle:
         try:
             cs = self._cs
             lcl, within = divmod(offset, cs)
-            if not length:
-                pass
-            elif within + length <= cs:
+            if length and within + length <= cs:
                 # One cluster, the common case.
                 pcl = self._vol.map.get(lcl)
                 if pcl >= 0:
@@ -203,7 +201,7 @@ class VolumeHandle:
                     dev.pwrite(view, base + within)
                 else:
                     self._write_new(lcl, within, view)
-            else:
+            elif length:
                 self._write_clusters(offset, view)
         finally:
             self._gate.leave()
