@@ -12,6 +12,8 @@ from storage_engine.nbd import client_protocol as client
 from storage_engine.nbd.client_protocol import ClientState
 from storage_engine.nbd import constants as const
 from storage_engine.nbd.protocol import LocalProtocolError
+from tests.unit.nbd.events import drain
+from tests.unit.nbd.events import one
 
 MiB = 1 << 20
 GREETING = b'NBDMAGICIHAVEOPT\x00\x03'
@@ -19,26 +21,6 @@ ALL_FLAGS = (const.NBD_FLAG_HAS_FLAGS | const.NBD_FLAG_SEND_FLUSH
              | const.NBD_FLAG_SEND_FUA | const.NBD_FLAG_SEND_TRIM
              | const.NBD_FLAG_SEND_WRITE_ZEROES | const.NBD_FLAG_SEND_CACHE
              | const.NBD_FLAG_SEND_DF)
-
-
-def drain(conn):
-    out = []
-    while True:
-        event = conn.next_event()
-        if event is client.NEED_DATA or event is client.PAUSED:
-            return out
-        out.append(event)
-        if isinstance(event, (client.ProtocolError,
-                              client.ConnectionClosed)):
-            return out
-
-
-def one(conn, data=None):
-    if data is not None:
-        conn.receive_data(data)
-    events = drain(conn)
-    assert len(events) == 1, events
-    return events[0]
 
 
 def rep(option, reply, data=b''):

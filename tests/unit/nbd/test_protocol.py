@@ -13,32 +13,13 @@ from storage_engine.nbd import constants as const
 from storage_engine.nbd import protocol
 from storage_engine.nbd.protocol import LocalProtocolError
 from storage_engine.nbd.protocol import ServerState
+from tests.unit.nbd.events import drain
+from tests.unit.nbd.events import one
 
 MiB = 1 << 20
 ALL_FLAGS = (const.NBD_FLAG_SEND_FLUSH | const.NBD_FLAG_SEND_FUA
              | const.NBD_FLAG_SEND_TRIM | const.NBD_FLAG_SEND_WRITE_ZEROES
              | const.NBD_FLAG_SEND_FAST_ZERO | const.NBD_FLAG_SEND_CACHE)
-
-
-def drain(conn):
-    """Every event available now (stops at NEED_DATA or PAUSED)."""
-    out = []
-    while True:
-        event = conn.next_event()
-        if event is protocol.NEED_DATA or event is protocol.PAUSED:
-            return out
-        out.append(event)
-        if isinstance(event, (protocol.ProtocolError,
-                              protocol.ConnectionClosed)):
-            return out
-
-
-def one(conn, data=None):
-    if data is not None:
-        conn.receive_data(data)
-    events = drain(conn)
-    assert len(events) == 1, events
-    return events[0]
 
 
 def option(code, data=b''):

@@ -82,14 +82,8 @@ def observe(vg, capacity: bool = True):
 def refused(vg, exc_class, *words):
     """Expect exactly ``exc_class`` naming ``words``, and no change at all."""
     before = observe(vg)
-    with pytest.raises(exc_class) as info:
+    with raises_exactly(exc_class, *words) as info:
         yield info
-    assert type(info.value) is exc_class, \
-        'expected %s, got %r' % (exc_class.__name__, info.value)
-    message = str(info.value)
-    for word in words:
-        assert str(word) in message, \
-            '%r does not name %r' % (message, word)
     assert observe(vg) == before
 
 
