@@ -103,6 +103,24 @@ class WrongKind(InvalidArgument):
     code = 'wrong_kind'
 
 
+# -- the caller or the service ----------------------------------------------
+
+class Unauthorized(EngineError):
+    """The management API refused the request's token (or it had none)."""
+
+    code = 'unauthorized'
+    errno = _errno.EACCES
+
+
+class Unavailable(EngineError):
+    """The service (or something it needs) cannot serve the request now;
+    the same request may succeed later.
+    """
+
+    code = 'unavailable'
+    errno = _errno.EAGAIN
+
+
 # -- the store itself ---------------------------------------------------------
 
 class MetadataError(EngineError):

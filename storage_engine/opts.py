@@ -4,6 +4,8 @@ The engine library itself takes plain arguments; options arrive with the
 storage-node service (``storage-engine serve``), which lists them here.
 """
 
+from storage_engine.service import serve
+
 
 def list_opts():
-    return []
+    return serve.list_opts()

@@ -1,4 +1,8 @@
-"""Options shared by the test tiers."""
+"""Options and fixtures shared by the test tiers."""
+
+import pytest
+
+from tests.fixtures import etcd as etcd_mod
 
 
 def pytest_addoption(parser):
@@ -10,3 +14,13 @@ def pytest_addoption(parser):
                     help='number of kills for the crash torture')
     group.addoption('--torture-seed', type=int, default=None,
                     help='seed of the crash torture (default: random)')
+
+
+@pytest.fixture(scope='session')
+def etcd(tmp_path_factory):
+    """A real etcd (the Debian package), one per test session."""
+    server = etcd_mod.start(tmp_path_factory.mktemp('etcd'))
+    try:
+        yield server
+    finally:
+        server.stop()

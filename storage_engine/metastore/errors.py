@@ -52,13 +52,13 @@ class UnknownScheme(InvalidStoreURL):
     code = 'unknown_store_scheme'
 
 
-class StoreUnavailable(errors.EngineError):
+class StoreUnavailable(errors.Unavailable):
     """The store cannot be reached (etcd down, SQLite file unopenable or
     locked for longer than the busy timeout). Transient from the caller's
     point of view: the same request may succeed later.
     """
 
-    code = 'unavailable'
+    code = 'store_unavailable'
     errno = _errno.ECONNREFUSED
 
 

@@ -133,6 +133,20 @@ class NBDServer:
         self._servers.append(server)
         return path
 
+    def drop_clients(self, export_name: str) -> int:
+        """Disconnect the clients attached to ``export_name`` (on the loop;
+        after an export is withdrawn, its clients must not keep using it).
+        """
+        dropped = 0
+        for conn in list(self._connections):
+            if conn.export is not None and conn.export.name == export_name:
+                conn.abort()
+                dropped += 1
+        return dropped
+
+    def connection_count(self) -> int:
+        return len(self._connections)
+
     async def close(self) -> None:
         for server in self._servers:
             server.close()

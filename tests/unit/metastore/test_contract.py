@@ -302,8 +302,9 @@ def test_an_unreachable_store_raises_store_unavailable(unreachable_url):
         with pytest.raises(metastore.StoreUnavailable) as raised:
             attempt().get('a')
         unavailable = raised.value
-        assert isinstance(unavailable, errors.EngineError)
-        assert unavailable.code == 'unavailable'
+        # A transient fault to every caller: the client retries it.
+        assert isinstance(unavailable, errors.Unavailable)
+        assert unavailable.code == 'store_unavailable'
         assert unavailable.errno == errno.ECONNREFUSED
         assert 'unavailable' in str(unavailable)
 

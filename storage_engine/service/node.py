@@ -1,0 +1,943 @@
+"""One storage node: its pools, volumes, snapshots, exports and jobs.
+
+:class:`Node` is the service's domain layer. The HTTP API is a thin shell
+around it, and it knows nothing of HTTP: methods take plain values, return
+plain JSON-ready dicts and raise the engine's errors. Its methods block
+(volume-group commits, metadata-store round trips) and are thread-safe; the
+API calls them from a thread pool.
+
+Two stores, one order
+---------------------
+The volume groups are the truth about data: what volumes and snapshots
+exist, their sizes and allocation. The metadata store (SQLite or etcd,
+shared by every node of a cluster) holds what must be unique across nodes
+and what must survive a restart outside the groups:
+
+``volumes/<id>``   a volume or snapshot: its node, pool, kind, name, state
+                   and the create request it came from (for idempotency)
+``names/<name>``   the id holding a name (volume and snapshot names are
+                   unique in the cluster)
+``exports/<id>``   an export: volume, admitted hosts, NBD export name
+``jobs/<id>``      a long-running job (flatten), resumed after a restart
+``nodes/<node>``   the node's NBD endpoint, ``ports/<host>/<port>`` its port
+
+Every change claims its store keys first (``create`` is atomic across
+nodes), then changes the volume group, then marks the record done, and
+undoes the claims if the group refuses. A crash between the steps leaves a
+record in ``creating`` or ``deleting``, or a name claimed by nobody;
+:meth:`Node.start` finishes or undoes each of those by comparing the
+records with the groups, before the node serves anything.
+"""
+
+import concurrent.futures
+import contextlib
+import datetime
+import ipaddress
+import threading
+import time
+import typing
+
+from oslo_log import log as logging
+
+from storage_engine import errors
+from storage_engine import metastore
+from storage_engine import names
+
+LOG = logging.getLogger(__name__)
+
+VOLUME = 'volume'
+SNAPSHOT = 'snapshot'
+
+CREATING = 'creating'
+AVAILABLE = 'available'
+DELETING = 'deleting'
+
+RUNNING = 'running'
+SUCCEEDED = 'succeeded'
+FAILED = 'failed'
+
+#: finished jobs kept in memory for GET /jobs
+KEEP_FINISHED_JOBS = 100
+
+
+def iso_time(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(
+        ts, datetime.timezone.utc).isoformat().replace('+00:00', 'Z')
+
+
+class Exporter(typing.Protocol):
+    """What the node needs from the export transport (see exports.py)."""
+
+    protocol: str
+    host: str
+    port: int
+    tls_mode: str
+
+    def publish(self, name: str, backend, hosts: list[str],
+                read_only: bool, description: str) -> None:
+        """Serve ``backend`` as ``name`` to ``hosts`` only."""
+
+    def withdraw(self, name: str) -> None:
+        """Stop serving ``name`` and disconnect its clients."""
+
+    def connections(self) -> int:
+        """Clients connected now."""
+
+
+class _KeyedLocks:
+    """One lock per id, so two requests about one object run in turn."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict[str, list] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, *keys: str):
+        held = []
+        try:
+            for key in sorted(set(keys)):
+                with self._guard:
+                    entry = self._locks.setdefault(key,
+                                                   [threading.Lock(), 0])
+                    entry[1] += 1
+                entry[0].acquire()
+                held.append(key)
+            yield
+        finally:
+            for key in reversed(held):
+                with self._guard:
+                    entry = self._locks[key]
+                    entry[0].release()
+                    entry[1] -= 1
+                    if not entry[1]:
+                        del self._locks[key]
+
+
+class _Stopping(Exception):
+    """Raised into a job's progress callback when the node stops."""
+
+
+class _Job:
+    def __init__(self, job_id: str, kind: str, volume_id: str,
+                 created_at: float):
+        self.id = job_id
+        self.kind = kind
+        self.volume_id = volume_id
+        self.state = RUNNING
+        self.done = 0
+        self.total = 0
+        self.error = None
+        self.created_at = created_at
+        self.finished_at = None
+
+    def view(self) -> dict:
+        percent = 100.0 if self.state == SUCCEEDED else (
+            round(100.0 * self.done / self.total, 1) if self.total else 0.0)
+        return {'id': self.id, 'kind': self.kind,
+                'volume_id': self.volume_id, 'state': self.state,
+                'progress': {'done': self.done, 'total': self.total,
+                             'percent': percent},
+                'error': self.error,
+                'created_at': iso_time(self.created_at),
+                'finished_at': iso_time(self.finished_at)}
+
+
+class Node:
+    """The pools, volumes, snapshots, exports and jobs of one node.
+
+    ``pools`` maps pool names to open :class:`VolumeGroup` objects, which
+    the node owns from now on (:meth:`close` closes them).
+    """
+
+    def __init__(self, name: str, store: metastore.MetadataStore,
+                 pools: dict, default_pool: str, default_thin: bool,
+                 exporter: Exporter, version: str = ''):
+        if default_pool not in pools:
+            raise errors.InvalidArgument(
+                'default pool %s is not one of the pools (%s)'
+                % (default_pool, ', '.join(sorted(pools))))
+        self.name = name
+        self.store = store
+        self.pools = dict(pools)
+        self.default_pool = default_pool
+        self.default_thin = default_thin
+        self.exporter = exporter
+        self.version = version
+        self.started_at = time.time()
+        self._lock = _KeyedLocks()
+        self._jobs: dict[str, _Job] = {}
+        self._jobs_lock = threading.Lock()
+        self._job_threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix='job')
+        self._handles: dict[str, typing.Any] = {}
+        self._closed = False
+
+    # -- store records --------------------------------------------------------
+
+    @staticmethod
+    def _vkey(ident: str) -> str:
+        return 'volumes/%s' % ident
+
+    @staticmethod
+    def _nkey(name: str) -> str:
+        return 'names/%s' % name
+
+    @staticmethod
+    def _ekey(ident: str) -> str:
+        return 'exports/%s' % ident
+
+    @staticmethod
+    def _jkey(ident: str) -> str:
+        return 'jobs/%s' % ident
+
+    def _mine(self, prefix: str) -> dict:
+        """``{id: (record, revision)}`` of this node's records under
+        ``prefix``.
+        """
+        out = {}
+        for key, (rec, rev) in self.store.list(prefix).items():
+            if rec.get('node') == self.name:
+                out[key.rsplit('/', 1)[1]] = (rec, rev)
+        return out
+
+    def _record(self, ident: str, kind: str) -> tuple[dict, int]:
+        """The record of this node's volume or snapshot ``ident``."""
+        ident = names.check_id(ident)
+        cls = errors.SnapshotNotFound if kind == SNAPSHOT \
+            else errors.VolumeNotFound
+        try:
+            rec, rev = self.store.get(self._vkey(ident))
+        except metastore.NotFound:
+            raise cls('%s %s not found' % (kind, ident), id=ident) from None
+        if rec.get('node') != self.name:
+            raise cls('%s %s is on node %s, not on %s'
+                      % (kind, ident, rec.get('node'), self.name),
+                      id=ident, node=rec.get('node'))
+        if rec.get('kind') != kind:
+            raise errors.WrongKind('%s is a %s, not a %s'
+                                   % (ident, rec.get('kind'), kind),
+                                   id=ident)
+        if rec.get('state') != AVAILABLE:
+            raise errors.Busy('%s %s is %s' % (kind, ident, rec.get('state')),
+                              id=ident, state=rec.get('state'))
+        return rec, rev
+
+    def _pool(self, name: str | None):
+        name = self.default_pool if name is None else name
+        try:
+            return name, self.pools[name]
+        except KeyError:
+            raise errors.NotFound('pool %s not found on node %s'
+                                  % (name, self.name), pool=name) from None
+
+    def _drop_keys(self, *keys: str) -> None:
+        """Delete store keys during an undo; one that is gone is fine."""
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except metastore.NotFound:
+                pass
+
+    def _claim(self, kind: str, ident: str, name: str, request: dict,
+               extra: dict):
+        """Claim ``volumes/<id>`` and ``names/<name>`` for a new object.
+
+        Returns None when they are claimed, or the existing object's view
+        when this exact create was made before (an idempotent replay).
+        """
+        rec = dict(extra, node=self.name, kind=kind, name=name,
+                   state=CREATING, request=request)
+        try:
+            self.store.create(self._vkey(ident), rec)
+        except metastore.KeyExists:
+            try:
+                old, _rev = self.store.get(self._vkey(ident))
+            except metastore.NotFound:
+                old = {}
+            if (old.get('node') == self.name and old.get('kind') == kind
+                    and old.get('request') == request
+                    and old.get('state') == AVAILABLE):
+                return (self.volume(ident) if kind == VOLUME
+                        else self.snapshot(ident))
+            raise errors.AlreadyExists(
+                'id %s is already in use by another %s; a create may be '
+                'repeated only with the same request' % (ident, kind),
+                id=ident) from None
+        try:
+            self.store.create(self._nkey(name),
+                              {'id': ident, 'node': self.name})
+        except metastore.KeyExists:
+            self._drop_keys(self._vkey(ident))
+            raise errors.AlreadyExists(
+                'a volume or snapshot named %s already exists' % name,
+                name=name) from None
+        except BaseException:
+            self._drop_keys(self._vkey(ident))
+            raise
+        return None
+
+    def _settle(self, ident: str, **changes) -> None:
+        rec, rev = self.store.get(self._vkey(ident))
+        rec.update(changes)
+        self.store.put(self._vkey(ident), rec, expect_revision=rev)
+
+    # -- views ----------------------------------------------------------------
+
+    def _volume_view(self, pool: str, info, rec: dict | None) -> dict:
+        return {'id': info.id, 'name': info.name, 'pool': pool,
+                'size': info.size,
+                'provisioning': 'thin' if info.thin else 'thick',
+                'allocated': info.allocated,
+                'source': (rec or {}).get('source'),
+                'has_parent': info.parent_id is not None or
+                self._reads_through(pool, info),
+                'created_at': iso_time(info.created_at),
+                'status': AVAILABLE if rec else 'error'}
+
+    def _reads_through(self, pool: str, info) -> bool:
+        # A clone of a volume reads through a hidden snapshot, which
+        # VolumeInfo does not name; the group knows.
+        vg = self.pools[pool]
+        with vg._meta_lock:
+            vol = vg.state.by_id.get(info.id)
+            return vol is not None and vol.parent is not None
+
+    def _snapshot_view(self, pool: str, info, rec: dict | None) -> dict:
+        return {'id': info.id, 'name': info.name, 'pool': pool,
+                'volume_id': info.origin_id, 'size': info.size,
+                'created_at': iso_time(info.created_at),
+                'status': AVAILABLE if rec else 'error'}
+
+    def _find(self, ident: str, kind: str):
+        """``(pool, VolumeInfo, record)`` of an available object."""
+        rec, _rev = self._record(ident, kind)
+        pool, vg = self._pool(rec['pool'])
+        return pool, vg.get(names.check_id(ident)), rec
+
+    # -- node and pools -------------------------------------------------------
+
+    def pool(self, name: str) -> dict:
+        name, vg = self._pool(name)
+        cap = vg.capacity()
+        return {'name': name, 'cluster_size': cap.cluster_size,
+                'total': cap.total, 'free': cap.free,
+                'allocated': cap.allocated, 'provisioned': cap.provisioned,
+                'thick_reserved': cap.thick_reserved,
+                'available_thin': cap.available_thin,
+                'max_over_subscription_ratio':
+                    cap.max_over_subscription_ratio,
+                'reserved_percentage': cap.reserved_percentage,
+                'volumes': cap.volumes, 'snapshots': cap.snapshots,
+                'physical_volumes': [
+                    {'index': pv.index, 'path': pv.path, 'size': pv.size,
+                     'free': pv.free} for pv in vg.physical_volumes()]}
+
+    def list_pools(self) -> list[dict]:
+        return [self.pool(name) for name in sorted(self.pools)]
+
+    def info(self) -> dict:
+        pools = self.list_pools()
+        with self._jobs_lock:
+            running = sum(1 for j in self._jobs.values()
+                          if j.state == RUNNING)
+        return {
+            'name': self.name, 'version': self.version,
+            'uptime': round(time.time() - self.started_at, 3),
+            'nbd': {'host': self.exporter.host, 'port': self.exporter.port,
+                    'tls_mode': self.exporter.tls_mode},
+            'stats': {
+                'pools': len(pools),
+                'volumes': sum(p['volumes'] for p in pools),
+                'snapshots': sum(p['snapshots'] for p in pools),
+                'exports': len(self._handles),
+                'nbd_connections': self.exporter.connections(),
+                'jobs_running': running,
+                'capacity': {k: sum(p[k] for p in pools) for k in
+                             ('total', 'free', 'allocated', 'provisioned')},
+            }}
+
+    # -- volumes --------------------------------------------------------------
+
+    def list_volumes(self, pool: str | None = None,
+                     name: str | None = None) -> list[dict]:
+        records = self._mine('volumes')
+        pools = [self._pool(pool)[0]] if pool is not None else \
+            sorted(self.pools)
+        out = []
+        for p in pools:
+            for info in self.pools[p].volumes():
+                if name is not None and info.name != name:
+                    continue
+                rec = records.get(info.id, (None, 0))[0]
+                out.append(self._volume_view(p, info, rec))
+        return out
+
+    def volume(self, ident: str) -> dict:
+        pool, info, rec = self._find(ident, VOLUME)
+        return self._volume_view(pool, info, rec)
+
+    def create_volume(self, name: str, size: int, pool: str | None = None,
+                      provisioning: str | None = None,
+                      source: dict | None = None,
+                      ident: str | None = None) -> tuple[dict, bool]:
+        """Create a volume; returns ``(view, created)``.
+
+        ``source``: ``{'snapshot_id': id}`` or ``{'volume_id': id}`` makes
+        a clone, in the source's pool.
+        """
+        names.check_name(name, 'volume name')
+        ident = names.check_id(ident) if ident is not None \
+            else names.new_id()
+        if provisioning not in (None, 'thin', 'thick'):
+            raise errors.InvalidArgument(
+                'provisioning must be thin or thick, not %r'
+                % (provisioning,))
+        thin = self.default_thin if provisioning is None \
+            else provisioning == 'thin'
+        src_kind, src_id = self._source(source)
+        with self._lock(ident, *([src_id] if src_id else [])):
+            if src_id is not None:
+                src_rec, _rev = self._record(src_id, src_kind)
+                if pool is not None and pool != src_rec['pool']:
+                    raise errors.InvalidArgument(
+                        'a clone is made in its source\'s pool %s, not %s'
+                        % (src_rec['pool'], pool))
+                pool = src_rec['pool']
+            pool, vg = self._pool(pool)
+            request = {'name': name, 'size': size, 'pool': pool,
+                       'provisioning': 'thin' if thin else 'thick',
+                       'source': source}
+            replay = self._claim(VOLUME, ident, name, request,
+                                 {'pool': pool, 'source': source})
+            if replay is not None:
+                return replay, False
+            try:
+                if src_kind == SNAPSHOT:
+                    vg.clone(src_id, name, size=size, thin=thin,
+                             volume_id=ident)
+                elif src_kind == VOLUME:
+                    vg.clone_volume(src_id, name, size=size, thin=thin,
+                                    volume_id=ident)
+                else:
+                    vg.create_volume(name, size, thin=thin, volume_id=ident)
+            except BaseException:
+                self._drop_keys(self._nkey(name), self._vkey(ident))
+                raise
+            self._settle(ident, state=AVAILABLE)
+            LOG.info('created volume %s (%s) in pool %s', name, ident, pool)
+            return self.volume(ident), True
+
+    @staticmethod
+    def _source(source):
+        if source is None:
+            return None, None
+        if not isinstance(source, dict) or len(source) != 1:
+            raise errors.InvalidArgument(
+                'source must name one snapshot_id or one volume_id')
+        (key, value), = source.items()
+        kinds = {'snapshot_id': SNAPSHOT, 'volume_id': VOLUME}
+        if key not in kinds:
+            raise errors.InvalidArgument(
+                'source must name one snapshot_id or one volume_id')
+        value = names.check_id(value)
+        source[key] = value
+        return kinds[key], value
+
+    def update_volume(self, ident: str, name: str | None = None,
+                      size: int | None = None) -> dict:
+        """Rename and/or extend; all or nothing."""
+        ident = names.check_id(ident)
+        if name is not None:
+            names.check_name(name, 'volume name')
+        with self._lock(ident):
+            pool, info, rec = self._find(ident, VOLUME)
+            vg = self.pools[pool]
+            if size is not None and size < info.size:
+                raise errors.InvalidSize(
+                    'cannot shrink %s from %d to %d bytes'
+                    % (info.name, info.size, size))
+            rename = name is not None and name != info.name
+            if rename:
+                try:
+                    self.store.create(self._nkey(name),
+                                      {'id': ident, 'node': self.name})
+                except metastore.KeyExists:
+                    raise errors.AlreadyExists(
+                        'a volume or snapshot named %s already exists'
+                        % name, name=name) from None
+            try:
+                if size is not None and size != info.size:
+                    vg.extend(ident, size)
+                if rename:
+                    vg.rename(ident, name)
+            except BaseException:
+                if rename:
+                    self._drop_keys(self._nkey(name))
+                raise
+            if rename:
+                self._settle(ident, name=name)
+                self._drop_keys(self._nkey(info.name))
+            return self.volume(ident)
+
+    def delete_volume(self, ident: str) -> None:
+        ident = names.check_id(ident)
+        with self._lock(ident):
+            pool, info, rec = self._find(ident, VOLUME)
+            self._refuse_if_exported(ident, info.name)
+            self._refuse_if_job(ident, info.name)
+            snaps = self.pools[pool].snapshots(ident)
+            if snaps:
+                raise errors.Busy(
+                    'volume %s has snapshots (%s); delete them first'
+                    % (info.name, ', '.join(s.name for s in snaps)),
+                    snapshots=[s.id for s in snaps])
+            self._settle(ident, state=DELETING)
+            self._finish_delete(pool, ident, info.name, VOLUME)
+            LOG.info('deleted volume %s (%s)', info.name, ident)
+
+    def _finish_delete(self, pool: str, ident: str, name: str,
+                       kind: str) -> None:
+        vg = self.pools[pool]
+        try:
+            if kind == VOLUME:
+                vg.delete_volume(ident)
+            else:
+                vg.delete_snapshot(ident)
+        except errors.NotFound:
+            pass            # a delete that crashed after the group's part
+        self._drop_name(name, ident)
+        self._drop_keys(self._vkey(ident))
+
+    def _drop_name(self, name: str, ident: str) -> None:
+        try:
+            rec, rev = self.store.get(self._nkey(name))
+        except metastore.NotFound:
+            return
+        if rec.get('id') == ident:
+            try:
+                self.store.delete(self._nkey(name), expect_revision=rev)
+            except (metastore.NotFound, metastore.RevisionMismatch):
+                pass
+
+    def _refuse_if_exported(self, ident: str, name: str) -> None:
+        exports = [e for e, (rec, _r) in self._mine('exports').items()
+                   if rec.get('volume_id') == ident]
+        if exports:
+            raise errors.Busy('%s is exported (exports %s); remove the '
+                              'exports first' % (name, ', '.join(exports)),
+                              exports=exports)
+
+    def _refuse_if_job(self, ident: str, name: str) -> None:
+        with self._jobs_lock:
+            jobs = [j.id for j in self._jobs.values()
+                    if j.volume_id == ident and j.state == RUNNING]
+        if jobs:
+            raise errors.Busy('%s has a running job (%s)'
+                              % (name, ', '.join(jobs)), jobs=jobs)
+
+    def revert_volume(self, ident: str, snapshot_id: str) -> dict:
+        ident = names.check_id(ident)
+        snapshot_id = names.check_id(snapshot_id)
+        with self._lock(ident, snapshot_id):
+            pool, info, _rec = self._find(ident, VOLUME)
+            spool, snap, _srec = self._find(snapshot_id, SNAPSHOT)
+            if spool != pool or snap.origin_id != ident:
+                raise errors.InvalidArgument(
+                    'snapshot %s is not a snapshot of volume %s'
+                    % (snap.name, info.name))
+            self._refuse_if_job(ident, info.name)
+            self.pools[pool].revert(ident, snapshot_id)
+            LOG.info('reverted volume %s to snapshot %s', info.name,
+                     snap.name)
+            return self.volume(ident)
+
+    # -- jobs -----------------------------------------------------------------
+
+    def flatten_volume(self, ident: str) -> dict:
+        """Start (or return the running) flatten job of a volume."""
+        ident = names.check_id(ident)
+        with self._lock(ident):
+            pool, info, _rec = self._find(ident, VOLUME)
+            with self._jobs_lock:
+                for job in self._jobs.values():
+                    if job.volume_id == ident and job.state == RUNNING:
+                        return job.view()
+            job_id = names.new_id()
+            self.store.create(self._jkey(job_id), {
+                'node': self.name, 'kind': 'flatten', 'volume_id': ident,
+                'created_at': time.time()})
+            return self._start_flatten(job_id, ident, pool, time.time())
+
+    def _start_flatten(self, job_id: str, ident: str, pool: str,
+                       created_at: float) -> dict:
+        job = _Job(job_id, 'flatten', ident, created_at)
+        with self._jobs_lock:
+            self._jobs[job_id] = job
+        self._job_threads.submit(self._run_flatten, job, pool)
+        return job.view()
+
+    def _run_flatten(self, job: _Job, pool: str) -> None:
+        def progress(done, total):
+            job.done, job.total = done, total
+            if self._closed:
+                raise _Stopping()
+
+        try:
+            self.pools[pool].flatten(job.volume_id, progress=progress)
+            job.state = SUCCEEDED
+            LOG.info('flattened volume %s', job.volume_id)
+        except _Stopping:
+            # Flatten keeps what it copied; the restarted node resumes.
+            LOG.info('job %s stops with the node at %d/%d', job.id,
+                     job.done, job.total)
+            return
+        except Exception as exc:
+            job.state = FAILED
+            if isinstance(exc, errors.EngineError):
+                job.error = {'code': exc.code, 'message': exc.message}
+            else:
+                LOG.exception('flatten of %s failed', job.volume_id)
+                job.error = {'code': 'internal_error', 'message': str(exc)}
+            LOG.warning('flatten of volume %s failed: %s', job.volume_id,
+                        job.error['message'])
+        job.finished_at = time.time()
+        # The job is finished: a restart must not run it again.
+        try:
+            self._drop_keys(self._jkey(job.id))
+        except errors.EngineError as exc:
+            LOG.warning('could not drop the record of job %s: %s', job.id,
+                        exc)
+        with self._jobs_lock:
+            done = [j for j in self._jobs.values() if j.state != RUNNING]
+            for old in sorted(done, key=lambda j: j.finished_at)[
+                    :max(0, len(done) - KEEP_FINISHED_JOBS)]:
+                del self._jobs[old.id]
+
+    def list_jobs(self) -> list[dict]:
+        with self._jobs_lock:
+            return [j.view() for j in sorted(self._jobs.values(),
+                                             key=lambda j: j.created_at)]
+
+    def job(self, ident: str) -> dict:
+        ident = names.check_id(ident)
+        with self._jobs_lock:
+            job = self._jobs.get(ident)
+            if job is None:
+                raise errors.NotFound('job %s not found' % ident, id=ident)
+            return job.view()
+
+    # -- snapshots ------------------------------------------------------------
+
+    def list_snapshots(self, volume_id: str | None = None,
+                       name: str | None = None) -> list[dict]:
+        records = self._mine('volumes')
+        if volume_id is not None:
+            volume_id = names.check_id(volume_id)
+        out = []
+        for p in sorted(self.pools):
+            for info in self.pools[p].snapshots():
+                if volume_id is not None and info.origin_id != volume_id:
+                    continue
+                if name is not None and info.name != name:
+                    continue
+                rec = records.get(info.id, (None, 0))[0]
+                out.append(self._snapshot_view(p, info, rec))
+        return out
+
+    def snapshot(self, ident: str) -> dict:
+        pool, info, rec = self._find(ident, SNAPSHOT)
+        return self._snapshot_view(pool, info, rec)
+
+    def create_snapshot(self, volume_id: str, name: str,
+                        ident: str | None = None) -> tuple[dict, bool]:
+        names.check_name(name, 'snapshot name')
+        volume_id = names.check_id(volume_id)
+        ident = names.check_id(ident) if ident is not None \
+            else names.new_id()
+        with self._lock(ident, volume_id):
+            pool, _info, _rec = self._find(volume_id, VOLUME)
+            request = {'name': name, 'volume_id': volume_id}
+            replay = self._claim(SNAPSHOT, ident, name, request,
+                                 {'pool': pool, 'volume_id': volume_id})
+            if replay is not None:
+                return replay, False
+            try:
+                self.pools[pool].create_snapshot(volume_id, name,
+                                                 snapshot_id=ident)
+            except BaseException:
+                self._drop_keys(self._nkey(name), self._vkey(ident))
+                raise
+            self._settle(ident, state=AVAILABLE)
+            LOG.info('created snapshot %s (%s) of volume %s', name, ident,
+                     volume_id)
+            return self.snapshot(ident), True
+
+    def delete_snapshot(self, ident: str) -> None:
+        ident = names.check_id(ident)
+        with self._lock(ident):
+            pool, info, _rec = self._find(ident, SNAPSHOT)
+            self._refuse_if_exported(ident, info.name)
+            vg = self.pools[pool]
+            # Refused while clones read through it: say so before marking
+            # the record, so a refusal changes nothing.
+            with vg._meta_lock:
+                snap = vg.state.by_id[ident]
+                clones = [v for v in vg.state.dependents(snap)
+                          if v.origin_vid == snap.vid]
+            if clones:
+                raise errors.SnapshotHasClones(
+                    'snapshot %s has clones (%s); delete or flatten them '
+                    'first' % (info.name,
+                               ', '.join(sorted(c.name for c in clones))),
+                    clones=[c.id for c in clones])
+            self._settle(ident, state=DELETING)
+            self._finish_delete(pool, ident, info.name, SNAPSHOT)
+            LOG.info('deleted snapshot %s (%s)', info.name, ident)
+
+    # -- exports --------------------------------------------------------------
+
+    def _export_view(self, ident: str, rec: dict) -> dict:
+        return {'id': ident, 'volume_id': rec['volume_id'],
+                'protocol': rec['protocol'], 'hosts': rec['hosts'],
+                'read_only': rec['read_only'],
+                'connection': {'protocol': rec['protocol'],
+                               'host': self.exporter.host,
+                               'port': self.exporter.port,
+                               'export_name': rec['export_name'],
+                               'tls_mode': self.exporter.tls_mode},
+                'created_at': iso_time(rec['created_at'])}
+
+    def list_exports(self, volume_id: str | None = None) -> list[dict]:
+        if volume_id is not None:
+            volume_id = names.check_id(volume_id)
+        mine = self._mine('exports')
+        return [self._export_view(i, rec) for i, (rec, _r) in
+                sorted(mine.items(), key=lambda kv: kv[1][0]['created_at'])
+                if volume_id is None or rec['volume_id'] == volume_id]
+
+    def export(self, ident: str) -> dict:
+        ident = names.check_id(ident)
+        rec = self._export_record(ident)
+        return self._export_view(ident, rec)
+
+    def _export_record(self, ident: str) -> dict:
+        try:
+            rec, _rev = self.store.get(self._ekey(ident))
+        except metastore.NotFound:
+            rec = None
+        if rec is None or rec.get('node') != self.name:
+            raise errors.NotFound('export %s not found on node %s'
+                                  % (ident, self.name), id=ident)
+        return rec
+
+    @staticmethod
+    def _check_hosts(hosts) -> list[str]:
+        if not isinstance(hosts, list) or not hosts:
+            raise errors.InvalidArgument('hosts must be a non-empty list of '
+                                         'IP addresses or networks')
+        out = []
+        for host in hosts:
+            try:
+                net = ipaddress.ip_network(host, strict=False)
+                out.append(str(net.network_address)
+                           if net.num_addresses == 1 else str(net))
+            except (TypeError, ValueError):
+                raise errors.InvalidArgument(
+                    'host %r is not an IP address or network' % (host,),
+                    host=host) from None
+        return out
+
+    def create_export(self, volume_id: str, hosts: list,
+                      protocol: str = 'nbd', read_only: bool = False,
+                      ident: str | None = None) -> tuple[dict, bool]:
+        volume_id = names.check_id(volume_id)
+        ident = names.check_id(ident) if ident is not None \
+            else names.new_id()
+        hosts = self._check_hosts(hosts)
+        if protocol != self.exporter.protocol:
+            raise errors.InvalidArgument(
+                'protocol %r is not served by node %s (it serves %s)'
+                % (protocol, self.name, self.exporter.protocol))
+        with self._lock(ident, volume_id):
+            try:
+                rec, _rev = self.store.get(self._vkey(volume_id))
+                kind = rec.get('kind')
+            except metastore.NotFound:
+                kind = VOLUME
+            pool, info, _vrec = self._find(volume_id, kind)
+            read_only = bool(read_only) or kind == SNAPSHOT
+            request = {'volume_id': volume_id, 'hosts': hosts,
+                       'protocol': protocol, 'read_only': read_only}
+            rec = dict(request, node=self.name, export_name=ident,
+                       request=request, created_at=time.time())
+            try:
+                self.store.create(self._ekey(ident), rec)
+            except metastore.KeyExists:
+                try:
+                    old = self._export_record(ident)
+                except errors.NotFound:
+                    old = {}
+                if old.get('request') == request:
+                    return self._export_view(ident, old), False
+                raise errors.AlreadyExists(
+                    'export id %s is already in use by another export'
+                    % ident, id=ident) from None
+            try:
+                self._publish(ident, rec, pool)
+            except BaseException:
+                self._drop_keys(self._ekey(ident))
+                raise
+            LOG.info('exported %s %s as %s to %s', kind, info.name, ident,
+                     ', '.join(hosts))
+            return self._export_view(ident, rec), True
+
+    def _publish(self, ident: str, rec: dict, pool: str) -> None:
+        handle = self.pools[pool].open_volume(rec['volume_id'])
+        self.exporter.publish(rec['export_name'], handle, rec['hosts'],
+                              rec['read_only'],
+                              '%s %s' % (rec['volume_id'], handle.name))
+        self._handles[ident] = handle
+
+    def delete_export(self, ident: str) -> None:
+        ident = names.check_id(ident)
+        with self._lock(ident):
+            rec = self._export_record(ident)
+            self.exporter.withdraw(rec['export_name'])
+            self._handles.pop(ident, None)
+            self._drop_keys(self._ekey(ident))
+            LOG.info('removed export %s of %s', ident, rec['volume_id'])
+
+    # -- start and stop -------------------------------------------------------
+
+    def start(self) -> None:
+        """Reconcile the store with the groups, then restore exports and
+        resume jobs. Runs before the node serves anything.
+        """
+        present = self._present()
+        for ident, (rec, _rev) in self._mine('volumes').items():
+            self._reconcile(ident, rec, present.get(ident))
+        # Read both again: finishing a delete changed them.
+        records = self._mine('volumes')
+        for ident, (pool, info) in self._present().items():
+            if ident not in records:
+                self._adopt(pool, info)
+        self._reconcile_names()
+        for ident, (rec, _rev) in self._mine('exports').items():
+            target = self._mine_one(rec['volume_id'])
+            if target is None:
+                LOG.warning('export %s names %s, which is gone: dropped',
+                            ident, rec['volume_id'])
+                self._drop_keys(self._ekey(ident))
+                continue
+            self._publish(ident, rec, target)
+        for ident, (rec, _rev) in self._mine('jobs').items():
+            target = self._mine_one(rec['volume_id'])
+            if target is None:
+                self._drop_keys(self._jkey(ident))
+                continue
+            LOG.info('resuming job %s (%s of %s)', ident, rec['kind'],
+                     rec['volume_id'])
+            self._start_flatten(ident, rec['volume_id'], target,
+                                rec['created_at'])
+
+    def _present(self) -> dict:
+        """``{id: (pool, VolumeInfo)}`` of everything the groups hold."""
+        present = {}
+        for pool, vg in self.pools.items():
+            for info in vg.volumes() + vg.snapshots():
+                present[info.id] = (pool, info)
+        return present
+
+    def _mine_one(self, ident: str) -> str | None:
+        """The pool of this node's available object ``ident``, or None."""
+        try:
+            rec, _rev = self.store.get(self._vkey(ident))
+        except metastore.NotFound:
+            return None
+        if rec.get('node') != self.name or rec.get('state') != AVAILABLE:
+            return None
+        return rec['pool']
+
+    def _reconcile(self, ident: str, rec: dict, found) -> None:
+        state = rec.get('state')
+        if state == DELETING:
+            LOG.info('finishing the delete of %s %s', rec['kind'], ident)
+            if rec.get('pool') in self.pools:
+                self._finish_delete(rec['pool'], ident, rec['name'],
+                                    rec['kind'])
+            return
+        if found is None:
+            if state == CREATING:
+                LOG.info('undoing the unfinished create of %s %s',
+                         rec.get('kind'), ident)
+                self._drop_name(rec.get('name'), ident)
+                self._drop_keys(self._vkey(ident))
+            else:
+                LOG.error('%s %s (%s) is recorded in pool %s but the pool '
+                          'does not hold it', rec.get('kind'), ident,
+                          rec.get('name'), rec.get('pool'))
+            return
+        pool, info = found
+        changes = {}
+        if state == CREATING:
+            changes['state'] = AVAILABLE
+        if rec.get('name') != info.name:
+            # A rename that crashed after the group's part.
+            changes['name'] = info.name
+        if rec.get('pool') != pool:
+            changes['pool'] = pool
+        if changes:
+            LOG.info('%s %s: recorded %s', rec.get('kind'), ident, changes)
+            self._settle(ident, **changes)
+
+    def _adopt(self, pool: str, info) -> None:
+        """Record a volume the group holds but the store does not (made
+        offline with ``storage-engine vg``, or a store restored from an
+        older backup).
+        """
+        kind = SNAPSHOT if info.kind == SNAPSHOT else VOLUME
+        try:
+            self.store.create(self._nkey(info.name),
+                              {'id': info.id, 'node': self.name})
+        except metastore.KeyExists:
+            LOG.error('%s %s (%s) in pool %s is not recorded and its name '
+                      'is taken in the metadata store: not adopted', kind,
+                      info.name, info.id, pool)
+            return
+        extra = {'volume_id': info.origin_id} if kind == SNAPSHOT else {
+            'source': None}
+        self.store.create(self._vkey(info.id), dict(
+            extra, node=self.name, kind=kind, name=info.name, pool=pool,
+            state=AVAILABLE, request=None))
+        LOG.info('adopted %s %s (%s) of pool %s', kind, info.name, info.id,
+                 pool)
+
+    def _reconcile_names(self) -> None:
+        """Drop names this node claimed for objects that do not hold them
+        (a create or rename interrupted before it finished).
+        """
+        records = self._mine('volumes')
+        for name, (rec, rev) in self._mine('names').items():
+            owner = records.get(rec.get('id'), (None, 0))[0]
+            if owner is None or owner.get('name') != name:
+                LOG.info('dropping stale name claim %s', name)
+                try:
+                    self.store.delete(self._nkey(name), expect_revision=rev)
+                except (metastore.NotFound, metastore.RevisionMismatch):
+                    pass
+
+    def close(self) -> None:
+        """Stop jobs, close the groups (each writes a checkpoint)."""
+        if self._closed:
+            return
+        self._closed = True
+        # Running jobs stop at their next progress report; the groups
+        # close only after them.
+        self._job_threads.shutdown(wait=True, cancel_futures=True)
+        for name, vg in self.pools.items():
+            try:
+                vg.close()
+            except errors.EngineError as exc:
+                LOG.error('closing pool %s: %s', name, exc)
