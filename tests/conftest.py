@@ -3,6 +3,7 @@
 import pytest
 
 from tests.fixtures import etcd as etcd_mod
+from tests.fixtures import pki as pki_mod
 
 
 def pytest_addoption(parser):
@@ -24,3 +25,9 @@ def etcd(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope='session')
+def pki(tmp_path_factory):
+    """A CA with server and client certificates (tests/fixtures/pki.py)."""
+    return pki_mod.PKI(str(tmp_path_factory.mktemp('pki')))

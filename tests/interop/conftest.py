@@ -16,7 +16,6 @@ import pytest
 
 from storage_engine.nbd import exports as ex
 from storage_engine.nbd import server as srv
-from storage_engine.nbd import tls as tls_mod
 from storage_engine.volstore import VolumeGroup
 
 MiB = 1 << 20
@@ -96,67 +95,6 @@ def nbd(vg, tmp_path):
     harness = Harness(vg, str(tmp_path))
     yield harness
     harness.stop()
-
-
-def _openssl(*args, cwd):
-    run(['openssl'] + list(args), cwd=cwd)
-
-
-def _make_ca(d, name):
-    _openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
-             '-keyout', name + '-key.pem', '-out', name + '-cert.pem',
-             '-subj', '/CN=%s' % name, cwd=d)
-
-
-def _make_cert(d, ca, name, cn, san):
-    _openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout',
-             name + '-key.pem', '-out', name + '.csr', '-subj', '/CN=%s' % cn,
-             cwd=d)
-    with open(os.path.join(d, name + '.ext'), 'w') as f:
-        f.write('subjectAltName=%s\n' % san)
-    _openssl('x509', '-req', '-in', name + '.csr', '-CA', ca + '-cert.pem',
-             '-CAkey', ca + '-key.pem', '-CAcreateserial', '-days', '2',
-             '-out', name + '-cert.pem', '-extfile', name + '.ext', cwd=d)
-
-
-class PKI:
-    """A CA, a server certificate, a good client and a rogue client.
-
-    ``client_dir(kind)`` is laid out as libnbd and qemu expect
-    (ca-cert.pem, client-cert.pem, client-key.pem).
-    """
-
-    def __init__(self, d):
-        self.dir = d
-        _make_ca(d, 'ca')
-        _make_ca(d, 'rogue-ca')
-        _make_cert(d, 'ca', 'server', 'localhost',
-                   'DNS:localhost,IP:127.0.0.1')
-        _make_cert(d, 'ca', 'client', 'compute-1', 'DNS:compute-1')
-        _make_cert(d, 'rogue-ca', 'rogue', 'compute-1', 'DNS:compute-1')
-        _make_cert(d, 'ca', 'other', 'compute-2', 'DNS:compute-2')
-        for kind in ('client', 'rogue', 'other'):
-            cdir = os.path.join(d, kind)
-            os.makedirs(cdir)
-            shutil.copy(os.path.join(d, 'ca-cert.pem'),
-                        os.path.join(cdir, 'ca-cert.pem'))
-            shutil.copy(os.path.join(d, kind + '-cert.pem'),
-                        os.path.join(cdir, 'client-cert.pem'))
-            shutil.copy(os.path.join(d, kind + '-key.pem'),
-                        os.path.join(cdir, 'client-key.pem'))
-
-    def server_config(self):
-        return tls_mod.TLSConfig(os.path.join(self.dir, 'server-cert.pem'),
-                                 os.path.join(self.dir, 'server-key.pem'),
-                                 os.path.join(self.dir, 'ca-cert.pem'))
-
-    def client_dir(self, kind='client'):
-        return os.path.join(self.dir, kind)
-
-
-@pytest.fixture(scope='session')
-def pki(tmp_path_factory):
-    return PKI(str(tmp_path_factory.mktemp('pki')))
 
 
 @pytest.fixture
