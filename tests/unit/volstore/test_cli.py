@@ -1,7 +1,8 @@
 """The ``storage-engine vg`` command: create, show, check, add-pv.
 
 Exit codes: 0 success, 1 the check found problems, 2 bad usage or an
-engine error, with the message on stderr.
+invalid argument, 3 not found, 4 conflict (already exists, in use), with
+the message on stderr (storage_engine/cli/exits.py has the whole table).
 """
 
 import json
@@ -95,7 +96,7 @@ def test_create_refuses_a_bad_pv_size(capsys, pv0):
 def test_create_refuses_a_pv_of_another_group(capsys, populated):
     code, out, err = run(capsys, 'vg', 'create', populated + ':64M',
                          *SMALL)
-    assert (code, out) == (2, '')
+    assert (code, out) == (4, '')
     assert populated in err and 'already belongs' in err
     with VolumeGroup.open(populated) as vg:
         assert vg.name == 'vgx'
@@ -168,7 +169,7 @@ def test_show_changes_nothing_on_disk(capsys, populated):
 def test_show_of_a_missing_pv(capsys, tmp_path):
     path = str(tmp_path / 'missing')
     code, out, err = run(capsys, 'vg', 'show', path)
-    assert (code, out) == (2, '')
+    assert (code, out) == (3, '')
     assert err == 'storage-engine: error: physical volume %s does not ' \
         'exist\n' % path
 
@@ -176,7 +177,7 @@ def test_show_of_a_missing_pv(capsys, tmp_path):
 def test_show_of_an_open_group(capsys, populated):
     with VolumeGroup.open(populated):
         code, _out, err = run(capsys, 'vg', 'show', populated)
-    assert code == 2
+    assert code == 4
     assert populated in err and 'in use' in err
 
 
@@ -216,10 +217,10 @@ def test_check_of_an_open_group_exits_1(capsys, populated):
     assert populated in out and 'ERROR' in out
 
 
-def test_check_of_a_missing_pv_exits_2(capsys, tmp_path):
+def test_check_of_a_missing_pv_exits_3(capsys, tmp_path):
     path = str(tmp_path / 'missing')
     code, _out, err = run(capsys, 'vg', 'check', path)
-    assert code == 2
+    assert code == 3
     assert path in err
 
 
@@ -248,7 +249,7 @@ def test_add_pv_refuses_a_pv_of_another_group(capsys, populated, tmp_path):
     other = str(tmp_path / 'other')
     create_group(other, size=32 * MiB).close()
     code, out, err = run(capsys, 'vg', 'add-pv', populated, other)
-    assert (code, out) == (2, '')
+    assert (code, out) == (4, '')
     assert other in err and 'already belongs' in err
     with VolumeGroup.open(populated) as vg:
         assert len(vg.physical_volumes()) == 1
@@ -257,6 +258,6 @@ def test_add_pv_refuses_a_pv_of_another_group(capsys, populated, tmp_path):
 def test_add_pv_of_a_missing_file_without_size(capsys, populated, tmp_path):
     missing = str(tmp_path / 'missing')
     code, _out, err = run(capsys, 'vg', 'add-pv', populated, missing)
-    assert code == 2
+    assert code == 3
     assert missing in err
     assert not os.path.exists(missing)

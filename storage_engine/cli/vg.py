@@ -1,31 +1,23 @@
-"""The ``storage-engine`` command.
+"""``storage-engine vg``: offline volume-group administration.
 
-Subcommands that work on a volume group directly (the group must not be
-open in a running service):
+These commands open a volume group directly, so the group must not be
+open in a running service (the group's lock says so if it is)::
 
     storage-engine vg create PV[:SIZE] [PV[:SIZE] ...] [--name N]
                              [--cluster-size 1M] [--journal-size 64M]
     storage-engine vg show PV0 [--format json]
     storage-engine vg check PV0 [--format json]
     storage-engine vg add-pv PV0 PV[:SIZE]
-
-Exit codes: 0 success, 1 the check found problems, 2 bad usage or an
-engine error (the message says which).
 """
 
 import argparse
 import dataclasses
-import json
-import sys
 
-from storage_engine import errors
+from storage_engine.cli import exits
+from storage_engine.cli import output
 from storage_engine import units
 from storage_engine.volstore import check as check_mod
 from storage_engine.volstore import group as group_mod
-
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_ERROR = 2
 
 
 def _pv_arg(text: str):
@@ -33,22 +25,7 @@ def _pv_arg(text: str):
     return (path, units.parse_size(size)) if sep else path
 
 
-def _print(data, fmt: str, human) -> None:
-    if fmt == 'json':
-        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
-        sys.stdout.write('\n')
-    else:
-        human(data)
-
-
-def _table(rows, headers) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    for row in [headers] + rows:
-        print('  '.join(str(x).ljust(w) for x, w in zip(row, widths))
-              .rstrip())
-
-
-def cmd_vg_create(args) -> int:
+def cmd_vg_create(args: argparse.Namespace) -> int:
     vg = group_mod.VolumeGroup.create(
         [_pv_arg(p) for p in args.pvs], name=args.name,
         cluster_size=units.parse_size(args.cluster_size),
@@ -58,10 +35,10 @@ def cmd_vg_create(args) -> int:
     print('created volume group %s: %s in %d physical volume(s), cluster '
           'size %s' % (args.name, units.format_size(cap.total),
                        len(args.pvs), units.format_size(cap.cluster_size)))
-    return EXIT_OK
+    return exits.OK
 
 
-def cmd_vg_show(args) -> int:
+def cmd_vg_show(args: argparse.Namespace) -> int:
     vg = group_mod.VolumeGroup.open(args.pv0, read_only=True)
     try:
         data = {
@@ -88,13 +65,14 @@ def cmd_vg_show(args) -> int:
                 for v in d['volumes'] + d['snapshots']]
         if rows:
             print()
-            _table(rows, ['NAME', 'KIND', 'SIZE', 'TYPE', 'ALLOCATED', 'ID'])
+            output.table(rows, ['NAME', 'KIND', 'SIZE', 'TYPE', 'ALLOCATED',
+                                'ID'])
 
-    _print(data, args.format, human)
-    return EXIT_OK
+    output.emit(args.format, data, human)
+    return exits.OK
 
 
-def cmd_vg_check(args) -> int:
+def cmd_vg_check(args: argparse.Namespace) -> int:
     report = check_mod.check_group(args.pv0)
     data = dataclasses.asdict(report)
     data['ok'] = report.ok
@@ -107,11 +85,11 @@ def cmd_vg_check(args) -> int:
         print('%s: %s' % (d['group'], 'consistent' if d['ok']
                           else '%d problem(s)' % len(d['errors'])))
 
-    _print(data, args.format, human)
-    return EXIT_OK if report.ok else EXIT_PROBLEMS
+    output.emit(args.format, data, human)
+    return exits.OK if report.ok else exits.PROBLEMS
 
 
-def cmd_vg_add_pv(args) -> int:
+def cmd_vg_add_pv(args: argparse.Namespace) -> int:
     vg = group_mod.VolumeGroup.open(args.pv0)
     try:
         vg.add_pv(*(_pv_arg(args.pv) if ':' in args.pv else (args.pv,)))
@@ -119,16 +97,13 @@ def cmd_vg_add_pv(args) -> int:
     finally:
         vg.close()
     print('volume group %s now has %s' % (vg.name, units.format_size(total)))
-    return EXIT_OK
+    return exits.OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='storage-engine',
-        description='Userspace block storage engine: volume groups, '
-                    'volumes, snapshots and exports.')
-    sub = parser.add_subparsers(dest='command', required=True)
-    vg = sub.add_parser('vg', help='work on a volume group directly')
+def add_parsers(sub, format_parent: argparse.ArgumentParser) -> None:
+    """Add ``vg`` and its subcommands to the top-level subparsers."""
+    vg = sub.add_parser('vg', help='work on a volume group directly '
+                                   '(offline)')
     vgsub = vg.add_subparsers(dest='vg_command', required=True)
 
     p = vgsub.add_parser('create', help='create a volume group')
@@ -144,27 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
             ('show', cmd_vg_show, 'capacity, physical volumes, volumes'),
             ('check', cmd_vg_check, 'consistency check (exit 1 on '
                                     'problems)')):
-        p = vgsub.add_parser(name, help=helptext)
+        p = vgsub.add_parser(name, help=helptext, parents=[format_parent])
         p.add_argument('pv0', help='the group\'s first physical volume')
-        p.add_argument('--format', choices=('table', 'json'),
-                       default='table')
         p.set_defaults(func=func)
 
     p = vgsub.add_parser('add-pv', help='grow a group with another PV')
     p.add_argument('pv0')
     p.add_argument('pv', metavar='PV[:SIZE]')
     p.set_defaults(func=cmd_vg_add_pv)
-    return parser
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except errors.EngineError as e:
-        print('storage-engine: error: %s' % e, file=sys.stderr)
-        return EXIT_ERROR
-
-
-if __name__ == '__main__':
-    sys.exit(main())
