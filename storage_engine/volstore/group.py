@@ -19,6 +19,7 @@ a commit lock serialises commits; each volume has an :class:`IOGate` and an
 allocation lock (see volume.py).
 """
 
+import contextlib
 import math
 import os
 import threading
@@ -535,6 +536,47 @@ class VolumeGroup:
             self.gate(vol)
         return vol.alloc_lock
 
+    @staticmethod
+    def _heirs(parent, leaving) -> list:
+        """Volumes a hidden snapshot merges into when ``leaving`` goes.
+
+        ``leaving`` stops being a child of ``parent`` (deleted, flattened,
+        reverted elsewhere); hidden snapshots left with one child are then
+        merged into it (State._collect). A merge into a volume changes its
+        map under its I/O, so its gate must be closed too.
+        """
+        out = []
+        node = parent
+        while node is not None and node.hidden:
+            rest = node.children - {leaving}
+            if len(rest) > 1:
+                break
+            if rest:
+                (heir,) = rest
+                if heir.kind == state_mod.VOLUME:
+                    out.append(heir)
+                break   # a merge leaves the grandparent's children as is
+            leaving, node = node, node.parent
+        return out
+
+    @contextlib.contextmanager
+    def _closed_gates(self, nodes):
+        """Close the gates of ``nodes()`` exclusively, then take the
+        metadata lock.
+
+        ``nodes`` runs under the metadata lock, and again once the gates
+        are closed: if the forest changed meanwhile so that it names one
+        more, everything is released and closed again.
+        """
+        while True:
+            with self._meta_lock:
+                want = set(nodes())
+            with _exclusive_all([self.gate(v) for v in want]):
+                with self._meta_lock:
+                    if set(nodes()) <= want:
+                        yield
+                        return
+
     def _info(self, vol) -> info.VolumeInfo:
         origin = self.state.volumes.get(vol.origin_vid) \
             if vol.origin_vid is not None else None
@@ -785,15 +827,89 @@ class VolumeGroup:
         self.commit()
         return self.get(vol.id)
 
+    def clone_volume(self, source: str, name: str, size: int | None = None,
+                     thin: bool = True,
+                     volume_id: str | None = None) -> info.VolumeInfo:
+        """A writable copy of volume ``source`` as it is now.
+
+        Cinder's create_cloned_volume. Metadata only and O(1) whatever the
+        size, sharing every cluster: the source's map becomes a *hidden*
+        snapshot (no name, not listed, never counted) whose two children
+        are the source and the new clone, and each of them copies a
+        cluster on its first write to it, as after a snapshot. When one of
+        them is deleted (or flattened, or reverted) the hidden snapshot
+        has one child left and is merged into it, so no space is held for
+        a snapshot nobody can see. Snapshots the source already has stay
+        deletable.
+
+        Everything acknowledged to ``source`` before the call is in the
+        clone. ``size`` (default: the source's) may be larger: the clone
+        reads zeros beyond the source's end. A thick source reserves its
+        full size again (its clusters are now shared), and a thick clone
+        reserves its own; both must fit, or the call is refused with
+        ``NoSpace`` and nothing changes.
+        """
+        self._check_usable(write=True)
+        if size is not None:
+            size = self._check_size(size)
+        with self._meta_lock:
+            vol = self._lookup(source, state_mod.VOLUME)
+            clone_id = self._check_new(name, volume_id)
+        # Everything acknowledged so far belongs to the copy.
+        with self.gate(vol).exclusive():
+            with self._meta_lock:
+                if vol.deleted:
+                    raise errors.VolumeNotFound('%s was deleted' % source)
+                st = self.state
+                clone_id = self._check_new(name, clone_id)
+                if size is None:
+                    size = vol.size
+                elif size < vol.size:
+                    raise errors.InvalidSize(
+                        'a clone of %s must be at least %d bytes'
+                        % (vol.name, vol.size))
+                self._check_thin(size, 'clone %s' % name)
+                # Reserve for both in one check, so that together they
+                # cannot take more than there is.
+                need = 0 if vol.thin else vol.owned
+                if not thin:
+                    need += st.nclusters(size)
+                if need:
+                    self._check_thick(need, 'clone %s of %s volume %s'
+                                      % (name, 'thin' if vol.thin
+                                         else 'thick', vol.name))
+                snap_id = names.new_id()
+                while snap_id in st.by_id or snap_id == clone_id:
+                    snap_id = names.new_id()
+                first_new = st.nclusters(vol.size)
+                tail = st.nclusters(size) - first_new
+                runs = []
+                if not thin and tail > 0:
+                    # Beyond the source's end there is nothing to share.
+                    runs = self._allocate_zeroed(tail)
+                snap_vid = st.next_vid
+                vid = snap_vid + 1
+                self._apply_live(records.R_CLONE_VOLUME, {
+                    'source': vol.vid,
+                    'snapshot': {'vid': snap_vid, 'id': snap_id,
+                                 'name': 'clone-source-' + clone_id},
+                    'vid': vid, 'id': clone_id, 'name': name, 'size': size,
+                    'thin': bool(thin), 'created': time.time(),
+                    'extents': self._extents(first_new, runs)})
+                clone = st.volumes[vid]
+        self.commit()
+        return self.get(clone.id)
+
     def delete_volume(self, ref: str) -> None:
         self._check_usable(write=True)
         with self._meta_lock:
             vol = self._lookup(ref, state_mod.VOLUME)
-        with self.gate(vol).exclusive():
-            with self._meta_lock:
-                if vol.deleted:
-                    raise errors.VolumeNotFound('%s was deleted' % ref)
-                self._apply_live(records.R_DELETE, {'vid': vol.vid})
+        # A hidden parent (after clone_volume) merges into its other child.
+        with self._closed_gates(lambda: [vol] +
+                                self._heirs(vol.parent, vol)):
+            if vol.deleted:
+                raise errors.VolumeNotFound('%s was deleted' % ref)
+            self._apply_live(records.R_DELETE, {'vid': vol.vid})
         self.commit()
 
     def create_snapshot(self, volume: str, name: str,
@@ -837,16 +953,21 @@ class VolumeGroup:
                     'first' % (snap.name,
                                ', '.join(sorted(c.name for c in clones))),
                     clones=[c.id for c in clones])
+
+        def touched():
             # The snapshot itself (exported read-only, say) and the volume
-            # its map may be merged into must have no I/O in flight.
-            touched = [snap] + [c for c in snap.children
-                                if c.kind == state_mod.VOLUME]
-        with _exclusive_all([self.gate(v) for v in touched]):
-            with self._meta_lock:
-                if snap.deleted:
-                    raise errors.SnapshotNotFound('%s was deleted' % ref)
-                self._apply_live(records.R_DELETE_SNAPSHOT,
-                                 {'vid': snap.vid})
+            # its map (or, once it is dropped, a hidden parent's) may be
+            # merged into must have no I/O in flight.
+            out = [snap] + [c for c in snap.children
+                            if c.kind == state_mod.VOLUME]
+            if not snap.children:
+                out += self._heirs(snap.parent, snap)
+            return out
+
+        with self._closed_gates(touched):
+            if snap.deleted:
+                raise errors.SnapshotNotFound('%s was deleted' % ref)
+            self._apply_live(records.R_DELETE_SNAPSHOT, {'vid': snap.vid})
         self.commit()
 
     def revert(self, volume: str, snapshot: str) -> info.VolumeInfo:
@@ -858,23 +979,23 @@ class VolumeGroup:
             if snap.origin_vid != vol.vid:
                 raise errors.InvalidArgument(
                     '%s is not a snapshot of %s' % (snap.name, vol.name))
-        with self.gate(vol).exclusive():
-            with self._meta_lock:
-                if vol.deleted or snap.deleted:
-                    raise errors.VolumeNotFound('%s or %s was deleted'
-                                                % (volume, snapshot))
-                # Reverting to a snapshot larger than the volume is now
-                # (after an earlier revert) provisions more.
-                if snap.size > vol.size:
-                    self._check_thin(snap.size - vol.size, 'reverting %s'
-                                     % vol.name)
-                    if not vol.thin:
-                        st = self.state
-                        self._check_thick(
-                            st.nclusters(snap.size) - st.nclusters(vol.size),
-                            'reverting thick volume %s' % vol.name)
-                self._apply_live(records.R_REVERT,
-                                 {'vid': vol.vid, 'snapshot': snap.vid})
+        with self._closed_gates(lambda: [vol] +
+                                self._heirs(vol.parent, vol)):
+            if vol.deleted or snap.deleted:
+                raise errors.VolumeNotFound('%s or %s was deleted'
+                                            % (volume, snapshot))
+            # Reverting to a snapshot larger than the volume is now
+            # (after an earlier revert) provisions more.
+            if snap.size > vol.size:
+                self._check_thin(snap.size - vol.size, 'reverting %s'
+                                 % vol.name)
+                if not vol.thin:
+                    st = self.state
+                    self._check_thick(
+                        st.nclusters(snap.size) - st.nclusters(vol.size),
+                        'reverting thick volume %s' % vol.name)
+            self._apply_live(records.R_REVERT,
+                             {'vid': vol.vid, 'snapshot': snap.vid})
         self.commit()
         return self.get(vol.id)
 
@@ -962,14 +1083,25 @@ class VolumeGroup:
             if progress is not None and (lcl % 256 == 255 or
                                          lcl == ncl - 1):
                 progress(lcl + 1, ncl)
-        with gate.exclusive():
-            # Anything a concurrent merge re-parented is copied here.
-            for lcl in range(self.state.nclusters(vol.size)):
-                self._copy_up(vol, lcl)
+        while True:
+            # Cutting the link may merge a hidden parent (clone_volume)
+            # into its other child: that volume's gate is closed too.
             with self._meta_lock:
-                if vol.parent is not None:
-                    self._apply_live(records.R_FLATTEN_DONE,
-                                     {'vid': vol.vid})
+                want = {vol, *self._heirs(vol.parent, vol)}
+            with _exclusive_all([self.gate(v) for v in want]):
+                if vol.deleted:
+                    raise errors.VolumeNotFound('%s was deleted' % volume)
+                # Anything a concurrent merge re-parented is copied here
+                # (not under the metadata lock: copying may commit).
+                for lcl in range(self.state.nclusters(vol.size)):
+                    self._copy_up(vol, lcl)
+                with self._meta_lock:
+                    if not set(self._heirs(vol.parent, vol)) <= want:
+                        continue        # the forest changed: again
+                    if vol.parent is not None:
+                        self._apply_live(records.R_FLATTEN_DONE,
+                                         {'vid': vol.vid})
+            break
         self.commit()
         return self.get(vol.id)
 

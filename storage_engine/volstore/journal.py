@@ -9,9 +9,11 @@ holding an earlier, acknowledged one.
 
 Replay starts at the position and LSN the superblock names and accepts a
 record only if its magic, CRC and LSN (exactly the next expected) are all
-right; the first record that fails ends the journal. A torn commit is
-therefore simply not there. Stale records from earlier laps of the ring
-have smaller LSNs and can never pass. After a crash the store jumps the
+right; the first record that fails ends the journal. A torn record is
+therefore simply not there; a torn commit may keep a prefix of its records
+(sectors land in any order), which is why every management operation is a
+single record. Stale records from earlier laps of the ring have smaller
+LSNs and can never pass. After a crash the store jumps the
 LSN past anything the ring can hold (see VolumeGroup), so records of a
 torn commit that survive beyond the replayed end can never be taken for
 new ones either.

@@ -24,6 +24,7 @@ R_REVERT = 7
 R_FLATTEN_DONE = 8
 R_DELETE_SNAPSHOT = 9
 R_POLICY = 10
+R_CLONE_VOLUME = 11   # a hidden snapshot of a volume and a clone of it
 
 _MAP_HEAD = struct.Struct('<II')      # vid, count
 _MAP_ENTRY = struct.Struct('<qq')     # logical cluster, value

@@ -5,8 +5,10 @@ owns the clusters in its own map and reads everything else through its
 parent snapshot. A snapshot takes its origin's map as it is (so taking one
 is O(1), whatever the size) and the origin continues with an empty map
 whose parent is the new snapshot. A clone is a new volume whose parent is
-a snapshot. Every physical cluster therefore has exactly one owner, which
-is what the consistency check verifies.
+a snapshot. A clone of a volume is both at once: a hidden snapshot of the
+volume, with the volume and the new clone as its two children. Every
+physical cluster therefore has exactly one owner, which is what the
+consistency check verifies.
 
 :meth:`State.apply` is the only code that changes the model. Live
 operations validate, make their choices (ids, clusters, times), encode them
@@ -264,12 +266,14 @@ class State:
         self._drop(vol)
         self._collect(parent)
 
-    def _on_snapshot(self, body) -> None:
+    def _on_snapshot(self, body, hidden: bool = False) -> None:
         origin = self.get(body['origin'])
         self._account(origin, -1)
         snap = VolumeMeta(body['vid'], body['id'], body['name'], SNAPSHOT,
                           origin.size, True, body['created'],
                           origin_vid=origin.vid)
+        # A hidden snapshot never takes its name (see _register).
+        snap.hidden = hidden
         snap.map, snap.owned = origin.map, origin.owned
         origin.map, origin.owned = clustermap.ClusterMap(), 0
         snap.parent = origin.parent
@@ -280,6 +284,26 @@ class State:
         snap.children = {origin}
         self._register(snap)
         self._account(origin, +1)
+
+    def _on_clone_volume(self, body) -> None:
+        """A clone of a volume: snapshot, clone, hide, as one record.
+
+        One record rather than three (R_SNAPSHOT, R_CREATE,
+        R_DELETE_SNAPSHOT): a commit of several records can be torn
+        between them, and replay would then keep a visible snapshot the
+        user never asked for; a record is all or nothing (its CRC).
+        The snapshot is hidden from the start, so its name never enters
+        the name index, and it stays hidden with its two children (the
+        source and the clone) until one of them goes.
+        """
+        split = body['snapshot']
+        self._on_snapshot({'vid': split['vid'], 'id': split['id'],
+                           'name': split['name'], 'origin': body['source'],
+                           'created': body['created']}, hidden=True)
+        create = {k: v for k, v in body.items()
+                  if k not in ('snapshot', 'source')}
+        create['parent'] = split['vid']
+        self._on_create(create)
 
     def _on_delete_snapshot(self, body) -> None:
         snap = self.get(body['vid'])
@@ -330,6 +354,7 @@ class State:
         records.R_DELETE: _on_delete,
         records.R_SNAPSHOT: _on_snapshot,
         records.R_DELETE_SNAPSHOT: _on_delete_snapshot,
+        records.R_CLONE_VOLUME: _on_clone_volume,
         records.R_RENAME: _on_rename,
         records.R_EXTEND: _on_extend,
         records.R_REVERT: _on_revert,

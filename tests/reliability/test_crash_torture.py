@@ -96,6 +96,12 @@ class Model:
             self.snaps[b['name']] = list(self.vols[b['vol']].cur)
         elif op == 'clone':
             self.vols[b['name']] = VolModel(self.snaps[b['snap']])
+        elif op == 'clone_volume':
+            # Everything acknowledged to the source is in the clone: the
+            # clone's commit makes it durable, on both sides.
+            tokens = list(self.vols[b['vol']].cur)
+            tokens += [0] * (b['size'] // SECTOR - len(tokens))
+            self.vols[b['name']] = VolModel(tokens)
         elif op == 'delete_snapshot':
             del self.snaps[b['snap']]
         elif op == 'revert':

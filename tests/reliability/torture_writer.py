@@ -98,6 +98,11 @@ def next_op(vg, rng, tag: str, counter: int, token: int):
     elif op == 'clone':
         body.update(snap=rng.choice(snaps), name='c%s-%d' % (tag, counter),
                     thin=rng.random() < 0.7)
+    elif op == 'clone_volume':
+        name = rng.choice(vols)
+        body.update(vol=name, name='k%s-%d' % (tag, counter),
+                    size=vg.get(name).size + rng.choice([0, 0, 64 * 1024]),
+                    thin=rng.random() < 0.7)
     elif op == 'delete_snapshot':
         body.update(snap=rng.choice(snaps))
     elif op == 'revert':
@@ -116,7 +121,7 @@ def _choose(rng, vols, snaps) -> str:
     ops += ['snapshot'] * 3 + ['extend'] * 2 + ['flatten'] * 1
     ops += ['revert'] * 2
     if len(vols) < MAX_VOLUMES:
-        ops += ['create'] * 3
+        ops += ['create'] * 3 + ['clone_volume'] * 2
     if len(vols) > 1:
         ops += ['delete'] * 2
     if snaps:
@@ -156,6 +161,8 @@ def run_op(vg, b) -> None:
         vg.create_snapshot(b['vol'], b['name'])
     elif op == 'clone':
         vg.clone(b['snap'], b['name'], thin=b['thin'])
+    elif op == 'clone_volume':
+        vg.clone_volume(b['vol'], b['name'], size=b['size'], thin=b['thin'])
     elif op == 'delete_snapshot':
         vg.delete_snapshot(b['snap'])
     elif op == 'revert':

@@ -1,9 +1,10 @@
 """Random operation sequences against a model of what every volume holds.
 
 The model is the plainest possible statement of the promises: a volume is
-a bytearray, a snapshot a frozen copy, a clone a copy of its snapshot.
-Hypothesis drives create / write / discard / write-zeroes / snapshot /
-clone / revert / flatten / extend / delete / flush / reopen / crash-reopen,
+a bytearray, a snapshot a frozen copy, a clone a copy of its snapshot (or
+of its volume). Hypothesis drives create / write / discard / write-zeroes /
+snapshot / clone / clone-volume / revert / flatten / extend / delete /
+flush / reopen / crash-reopen,
 and after every step every volume and snapshot is read whole and compared,
 the allocation map is checked to cover every non-zero byte, and the
 consistency check must pass.
@@ -174,6 +175,23 @@ class VolumeStoreModel(RuleBasedStateMachine):
         vol.chain = s.chain | {snap}
         self.vols[name] = vol
         return name
+
+    @rule(target=volumes, name=volumes, more=st.integers(0, 8),
+          thin=st.booleans())
+    def clone_volume(self, name, more, thin):
+        if name not in self.vols:
+            return None
+        src = self.vols[name]
+        clone = self._name('k')
+        size = len(src.data) + more * SECTOR
+        self.vg.clone_volume(name, clone, size=size, thin=thin)
+        vol = _Vol(size, thin)
+        vol.data[:len(src.data)] = src.data
+        # It reads through what the source reads through, but is nobody's
+        # clone: the snapshot it shares with the source is hidden.
+        vol.chain = set(src.chain)
+        self.vols[clone] = vol
+        return clone
 
     @rule(snap=snapshots)
     def revert(self, snap):
