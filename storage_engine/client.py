@@ -383,8 +383,10 @@ class Client:
         return self._json('POST', '/volumes', body=body)
 
     def update_volume(self, id: str, name: str | None = None,
-                      size: int | None = None) -> dict:
-        body = {k: v for k, v in (('name', name), ('size', size))
+                      size: int | None = None,
+                      provisioning: str | None = None) -> dict:
+        body = {k: v for k, v in (('name', name), ('size', size),
+                                  ('provisioning', provisioning))
                 if v is not None}
         return self._json('PATCH', self._path('volumes', id), body=body)
 

@@ -165,10 +165,16 @@ class API:
             if exc.status < 400:
                 raise
             code = {404: 'not_found', 405: 'method_not_allowed',
-                    413: 'request_too_large'}.get(exc.status, 'http_error')
+                    413: 'request_too_large',
+                    415: 'unsupported_media_type'}.get(exc.status,
+                                                       'http_error')
+            # A 405 says which methods the resource has (RFC 9110).
+            allow = {'Allow': exc.headers['Allow']} \
+                if 'Allow' in exc.headers else None
             return error_response(exc.status, code,
                                   '%s %s: %s' % (request.method,
-                                                 request.path, exc.reason))
+                                                 request.path, exc.reason),
+                                  headers=allow)
         except errors.EngineError as exc:
             status = status_of(exc)
             if status == 500:
@@ -255,7 +261,8 @@ class API:
         ident = _path_id(request, 'volume_id')
         b = await self.body(request, 'VolumeUpdate')
         return web.json_response(await self.call(
-            self.node.update_volume, ident, b.get('name'), b.get('size')))
+            self.node.update_volume, ident, b.get('name'), b.get('size'),
+            b.get('provisioning')))
 
     async def delete_volume(self, request):
         _query(request, {})

@@ -291,18 +291,9 @@ class Node:
                 'provisioning': 'thin' if info.thin else 'thick',
                 'allocated': info.allocated,
                 'source': (rec or {}).get('source'),
-                'has_parent': info.parent_id is not None or
-                self._reads_through(pool, info),
+                'has_parent': info.has_parent,
                 'created_at': iso_time(info.created_at),
                 'status': AVAILABLE if rec else 'error'}
-
-    def _reads_through(self, pool: str, info) -> bool:
-        # A clone of a volume reads through a hidden snapshot, which
-        # VolumeInfo does not name; the group knows.
-        vg = self.pools[pool]
-        with vg._meta_lock:
-            vol = vg.state.by_id.get(info.id)
-            return vol is not None and vol.parent is not None
 
     def _snapshot_view(self, pool: str, info, rec: dict | None) -> dict:
         return {'id': info.id, 'name': info.name, 'pool': pool,
@@ -446,11 +437,16 @@ class Node:
         return kinds[key], value
 
     def update_volume(self, ident: str, name: str | None = None,
-                      size: int | None = None) -> dict:
-        """Rename and/or extend; all or nothing."""
+                      size: int | None = None,
+                      provisioning: str | None = None) -> dict:
+        """Rename, extend and/or turn thin or thick; all or nothing."""
         ident = names.check_id(ident)
         if name is not None:
             names.check_name(name, 'volume name')
+        if provisioning not in (None, 'thin', 'thick'):
+            raise errors.InvalidArgument(
+                'provisioning must be thin or thick, not %r'
+                % (provisioning,))
         with self._lock(ident):
             pool, info, rec = self._find(ident, VOLUME)
             vg = self.pools[pool]
@@ -467,12 +463,25 @@ class Node:
                     raise errors.AlreadyExists(
                         'a volume or snapshot named %s already exists'
                         % name, name=name) from None
+            thin = None if provisioning is None else provisioning == 'thin'
+            convert = thin is not None and thin != info.thin
+            grow = size is not None and size != info.size
+            # The reversible changes first and the one that is not
+            # (extend) last, so a refusal anywhere is undone entirely.
+            done = []
             try:
-                if size is not None and size != info.size:
-                    vg.extend(ident, size)
                 if rename:
                     vg.rename(ident, name)
+                    done.append(lambda: vg.rename(ident, info.name))
+                if convert:
+                    vg.set_provisioning(ident, thin)
+                    done.append(lambda: vg.set_provisioning(ident,
+                                                            info.thin))
+                if grow:
+                    vg.extend(ident, size)
             except BaseException:
+                for undo in reversed(done):
+                    undo()
                 if rename:
                     self._drop_keys(self._nkey(name))
                 raise
@@ -679,13 +688,9 @@ class Node:
         with self._lock(ident):
             pool, info, _rec = self._find(ident, SNAPSHOT)
             self._refuse_if_exported(ident, info.name)
-            vg = self.pools[pool]
             # Refused while clones read through it: say so before marking
             # the record, so a refusal changes nothing.
-            with vg._meta_lock:
-                snap = vg.state.by_id[ident]
-                clones = [v for v in vg.state.dependents(snap)
-                          if v.origin_vid == snap.vid]
+            clones = self.pools[pool].clones_of(ident)
             if clones:
                 raise errors.SnapshotHasClones(
                     'snapshot %s has clones (%s); delete or flatten them '

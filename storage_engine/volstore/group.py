@@ -589,7 +589,7 @@ class VolumeGroup:
             origin_id=origin.id if origin is not None and not origin.hidden
             else None,
             created_at=vol.created, allocated=vol.owned * self.cluster_size,
-            read_only=vol.read_only)
+            read_only=vol.read_only, has_parent=vol.parent is not None)
 
     def get(self, ref: str) -> info.VolumeInfo:
         self._check_usable()
@@ -937,16 +937,26 @@ class VolumeGroup:
         self.commit()
         return self.get(snap.id)
 
+    def _clones_of(self, snap) -> list:
+        # Clones made from this snapshot that still read through it.
+        # (Anything else reading through it, the origin, its newer
+        # snapshots and their clones, keeps its data by a merge.)
+        return [v for v in self.state.dependents(snap)
+                if v.origin_vid == snap.vid]
+
+    def clones_of(self, snapshot: str) -> list[info.VolumeInfo]:
+        """The clones that keep ``snapshot`` from being deleted."""
+        self._check_usable()
+        with self._meta_lock:
+            snap = self._lookup(snapshot, state_mod.SNAPSHOT)
+            return [self._info(v) for v in self._clones_of(snap)]
+
     def delete_snapshot(self, ref: str) -> None:
         """Delete a snapshot; refused while clones still depend on it."""
         self._check_usable(write=True)
         with self._meta_lock:
             snap = self._lookup(ref, state_mod.SNAPSHOT)
-            # Clones made from this snapshot that still read through it.
-            # (Anything else reading through it, the origin, its newer
-            # snapshots and their clones, keeps its data by a merge.)
-            clones = [v for v in self.state.dependents(snap)
-                      if v.origin_vid == snap.vid]
+            clones = self._clones_of(snap)
             if clones:
                 raise errors.SnapshotHasClones(
                     'snapshot %s has clones (%s); delete or flatten them '
@@ -1027,6 +1037,36 @@ class VolumeGroup:
                     self._apply_live(records.R_EXTEND, {
                         'vid': vol.vid, 'size': new_size,
                         'extents': self._extents(first_new, runs)})
+        self.commit()
+        return self.get(vol.id)
+
+    def set_provisioning(self, ref: str, thin: bool) -> info.VolumeInfo:
+        """Make a volume thin or thick, in place; metadata only.
+
+        Thick reserves every cluster the volume does not own yet, so its
+        writes can never fail for want of space; the clusters themselves
+        are allocated on first write, as a thick clone's are. Thin gives
+        the reservation back.
+        """
+        self._check_usable(write=True)
+        if not isinstance(thin, bool):
+            raise errors.InvalidArgument('thin must be True or False, not %r'
+                                         % (thin,))
+        with self._meta_lock:
+            vol = self._lookup(ref, state_mod.VOLUME)
+        # Writes in flight change what the volume owns, and so what a
+        # thick volume still reserves.
+        with self.gate(vol).exclusive():
+            with self._meta_lock:
+                if vol.deleted:
+                    raise errors.VolumeNotFound('%s was deleted' % ref)
+                if vol.thin != thin:
+                    if not thin:
+                        self._check_thick(
+                            self.state.nclusters(vol.size) - vol.owned,
+                            'making %s thick' % vol.name)
+                    self._apply_live(records.R_SET_PROVISIONING,
+                                     {'vid': vol.vid, 'thin': thin})
         self.commit()
         return self.get(vol.id)
 

@@ -19,6 +19,7 @@ class VolumeInfo:
     created_at: float
     allocated: int            # bytes in clusters this volume owns
     read_only: bool
+    has_parent: bool = False  # it reads some data through a snapshot
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ R_FLATTEN_DONE = 8
 R_DELETE_SNAPSHOT = 9
 R_POLICY = 10
 R_CLONE_VOLUME = 11   # a hidden snapshot of a volume and a clone of it
+R_SET_PROVISIONING = 12   # a volume turns thin or thick
 
 _MAP_HEAD = struct.Struct('<II')      # vid, count
 _MAP_ENTRY = struct.Struct('<qq')     # logical cluster, value

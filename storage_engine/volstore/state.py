@@ -349,6 +349,12 @@ class State:
     def _on_policy(self, body) -> None:
         self.policy.update(body)
 
+    def _on_set_provisioning(self, body) -> None:
+        vol = self.get(body['vid'])
+        self._account(vol, -1)
+        vol.thin = body['thin']
+        self._account(vol, +1)
+
     _handlers = {
         records.R_CREATE: _on_create,
         records.R_DELETE: _on_delete,
@@ -360,4 +366,5 @@ class State:
         records.R_REVERT: _on_revert,
         records.R_FLATTEN_DONE: _on_flatten_done,
         records.R_POLICY: _on_policy,
+        records.R_SET_PROVISIONING: _on_set_provisioning,
     }

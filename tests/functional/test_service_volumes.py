@@ -176,3 +176,30 @@ def test_pool_capacity_follows_volumes(node, provisioning):
     after = _ok(node.get('/pools/default'))
     assert (after['free'], after['provisioned']) == \
         (before['free'], before['provisioned'])
+
+
+def test_provisioning_changes_in_place_and_a_refusal_undoes_all(node):
+    vol = _create(node, 'flex', size=256 * MiB)
+    with Attached(node, vol['id']) as c:
+        c.pwrite(b'p' * MiB, 0)
+    before = _ok(node.get('/pools/default'))
+    thick = _ok(node.request('PATCH', '/volumes/' + vol['id'],
+                             json={'provisioning': 'thick'}))
+    assert thick['provisioning'] == 'thick'
+    pool = _ok(node.get('/pools/default'))
+    assert pool['thick_reserved'] == before['thick_reserved'] + 255 * MiB
+    assert _read(node, vol['id'], MiB) == b'p' * MiB
+    # Rename + thin + an extend the pool cannot hold: all refused.
+    state = (_ok(node.get('/volumes')), _ok(node.get('/pools/default')))
+    r = node.request('PATCH', '/volumes/' + vol['id'], json={
+        'name': 'renamed', 'provisioning': 'thin', 'size': 1 << 50})
+    assert r.status_code == 507, r.text
+    assert r.json()['error']['code'] == 'no_space'
+    assert (_ok(node.get('/volumes')), _ok(node.get('/pools/default'))) \
+        == state
+    _create(node, 'renamed')      # the name was given back
+    thin = _ok(node.request('PATCH', '/volumes/' + vol['id'],
+                            json={'provisioning': 'thin'}))
+    assert thin['provisioning'] == 'thin'
+    assert _ok(node.get('/pools/default'))['thick_reserved'] == \
+        before['thick_reserved']
