@@ -1,0 +1,450 @@
+"""What every Cinder driver of the engine shares.
+
+The drivers are the control plane: each Cinder call becomes one or two calls
+of the storage node's management API through :mod:`storage_engine.client`,
+and the engine's typed errors become Cinder exceptions here, at the
+boundary, with messages an operator can act on.
+
+Identity: an engine volume's id is the Cinder volume's id (and a snapshot's
+the Cinder snapshot's), sent with every create, so a create that Cinder
+retries never makes two volumes. A volume brought in with manage_existing
+keeps its engine id, recorded as the Cinder volume's ``provider_id``.
+
+Exports are made per host, in initialize_connection, and admit only the
+connector's address. Their ids are derived from the volume and the host,
+so repeating initialize_connection gives the same export back.
+"""
+
+import contextlib
+import math
+import uuid
+
+from oslo_config import cfg
+from oslo_log import log as logging
+from oslo_utils import units
+
+from cinder import exception
+from cinder.volume import configuration
+from cinder.volume import driver
+from cinder.volume import volume_utils
+
+from storage_engine import client as client_mod
+from storage_engine import errors
+
+LOG = logging.getLogger(__name__)
+
+engine_opts = [
+    cfg.URIOpt('engine_api_url', default='http://127.0.0.1:8790',
+               schemes=['http', 'https'],
+               help='Management API of the storage node serving this '
+                    'backend (storage-engine serve).'),
+    cfg.StrOpt('engine_api_token', secret=True,
+               help='The storage node\'s API token ([api] auth_token of '
+                    'its configuration).'),
+    cfg.StrOpt('engine_api_ca_file',
+               help='CA bundle that verifies an https engine_api_url.'),
+    cfg.IntOpt('engine_api_timeout', default=60, min=1,
+               help='Seconds to wait for one API request.'),
+    cfg.StrOpt('engine_pool', default='default',
+               help='The node\'s pool (volume group) holding this '
+                    'backend\'s volumes.'),
+    cfg.StrOpt('engine_provisioning', default='thin',
+               choices=['thin', 'thick'],
+               help='Provisioning of volumes whose type has no '
+                    'provisioning:type extra spec.'),
+    cfg.StrOpt('engine_export_protocol', default='nbd', choices=['nbd'],
+               help='How volumes are exported to hosts.'),
+]
+
+CONF = cfg.CONF
+CONF.register_opts(engine_opts, group=configuration.SHARED_CONF_GROUP)
+
+# Derives export ids from (volume, host): the same attach, the same export.
+EXPORT_NAMESPACE = uuid.UUID('5b0c5a3e-6a57-4f2e-9a55-2e3c1d3f8b11')
+
+
+def gib(size_bytes: int) -> int:
+    return int(math.ceil(size_bytes / units.Gi))
+
+
+class EngineDriverBase(driver.VolumeDriver):
+    """Cinder's driver interface over one pool of one storage node."""
+
+    VERSION = '1.0.0'
+    CI_WIKI_NAME = 'storage-engine CI'
+    vendor_name = 'storage-engine'
+    #: connection_info['driver_volume_type'] and the stats' protocol
+    protocol = 'nbd'
+    storage_protocol = 'NBD'
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.configuration.append_config_values(engine_opts)
+        self._client = None
+
+    @staticmethod
+    def get_driver_options():
+        return engine_opts
+
+    # -- set-up ---------------------------------------------------------------
+
+    @property
+    def client(self) -> client_mod.Client:
+        if self._client is None:
+            conf = self.configuration
+            self._client = client_mod.Client(
+                conf.engine_api_url, conf.engine_api_token or '',
+                ca_file=conf.engine_api_ca_file,
+                timeout=conf.engine_api_timeout)
+        return self._client
+
+    @property
+    def pool(self) -> str:
+        return self.configuration.engine_pool
+
+    def do_setup(self, context):
+        # This process (cinder-volume) attaches volumes for its own copies:
+        # os-brick must know our connectors here too.
+        import os_brick_connectors
+        os_brick_connectors.register()
+
+    def check_for_setup_error(self):
+        if not self.configuration.engine_api_token:
+            raise exception.InvalidConfigurationValue(
+                option='engine_api_token', value='(empty)')
+        with self._translated('checking storage node %s'
+                              % self.configuration.engine_api_url):
+            self.client.pool(self.pool)
+
+    @contextlib.contextmanager
+    def _translated(self, action: str, refusals: dict | None = None):
+        """Turn engine errors into Cinder exceptions.
+
+        ``refusals`` maps engine error classes to the Cinder exception
+        (a callable taking the engine error) that a caller expects.
+        """
+        try:
+            yield
+        except errors.EngineError as exc:
+            for cls, make in (refusals or {}).items():
+                if isinstance(exc, cls):
+                    raise make(exc) from exc
+            if isinstance(exc, errors.Unavailable):
+                msg = ('%s: the storage node at %s is unavailable (%s); '
+                       'check that storage-engine serve is running there '
+                       'and reachable' % (action,
+                                          self.configuration.engine_api_url,
+                                          exc))
+            elif isinstance(exc, errors.Unauthorized):
+                msg = ('%s: the storage node at %s refused the token; set '
+                       'engine_api_token to its [api] auth_token'
+                       % (action, self.configuration.engine_api_url))
+            elif isinstance(exc, errors.NoSpace):
+                msg = '%s: pool %s is full: %s' % (action, self.pool, exc)
+            else:
+                msg = '%s: %s' % (action, exc)
+            LOG.error(msg)
+            raise exception.VolumeBackendAPIException(data=msg) from exc
+
+    # -- identities and specs -------------------------------------------------
+
+    @staticmethod
+    def _engine_id(volume) -> str:
+        return volume.provider_id or volume.id
+
+    def _provisioning(self, volume_type) -> str:
+        specs = (volume_type.extra_specs if volume_type is not None
+                 else {}) or {}
+        value = specs.get('provisioning:type')
+        if value is None:
+            return self.configuration.engine_provisioning
+        if value not in ('thin', 'thick'):
+            raise exception.InvalidVolumeType(
+                reason='provisioning:type must be thin or thick, not %r'
+                % value)
+        return value
+
+    # -- stats ----------------------------------------------------------------
+
+    def _update_volume_stats(self):
+        conf = self.configuration
+        stats = {
+            'volume_backend_name': conf.safe_get('volume_backend_name') or
+            self.__class__.__name__,
+            'vendor_name': self.vendor_name,
+            'driver_version': self.VERSION,
+            'storage_protocol': self.storage_protocol,
+            'sparse_copy_volume': True,
+        }
+        pool = {
+            'pool_name': self.pool,
+            'thin_provisioning_support': True,
+            'thick_provisioning_support': True,
+            'multiattach': True,
+            'online_extend_support': True,
+            'QoS_support': False,
+            'max_over_subscription_ratio':
+                conf.safe_get('max_over_subscription_ratio'),
+            'reserved_percentage': conf.safe_get('reserved_percentage') or 0,
+            'location_info': '%s:%s' % (conf.engine_api_url, self.pool),
+        }
+        try:
+            p = self.client.pool(self.pool)
+        except errors.EngineError as exc:
+            LOG.warning('cannot read pool %s of %s: %s', self.pool,
+                        conf.engine_api_url, exc)
+            pool.update(total_capacity_gb=0, free_capacity_gb=0,
+                        backend_state='down')
+        else:
+            pool.update(
+                total_capacity_gb=round(p['total'] / units.Gi, 2),
+                free_capacity_gb=round(p['free'] / units.Gi, 2),
+                provisioned_capacity_gb=round(
+                    p['provisioned'] / units.Gi, 2),
+                allocated_capacity_gb=round(p['allocated'] / units.Gi, 2),
+                total_volumes=p['volumes'],
+                backend_state='up')
+        stats['pools'] = [pool]
+        self._stats = stats
+
+    def get_pool(self, volume):
+        return self.pool
+
+    # -- volumes --------------------------------------------------------------
+
+    def create_volume(self, volume):
+        provisioning = self._provisioning(volume.volume_type)
+        with self._translated('creating volume %s' % volume.id):
+            made = self.client.create_volume(
+                volume.name, volume.size * units.Gi, pool=self.pool,
+                provisioning=provisioning, id=volume.id)
+        return {'provider_id': made['id']}
+
+    def create_volume_from_snapshot(self, volume, snapshot):
+        provisioning = self._provisioning(volume.volume_type)
+        with self._translated('creating volume %s from snapshot %s'
+                              % (volume.id, snapshot.id)):
+            made = self.client.create_volume(
+                volume.name, volume.size * units.Gi, pool=self.pool,
+                provisioning=provisioning,
+                source_snapshot_id=self._snapshot_engine_id(snapshot),
+                id=volume.id)
+        return {'provider_id': made['id']}
+
+    def create_cloned_volume(self, volume, src_vref):
+        provisioning = self._provisioning(volume.volume_type)
+        with self._translated('cloning volume %s into %s'
+                              % (src_vref.id, volume.id)):
+            made = self.client.create_volume(
+                volume.name, volume.size * units.Gi, pool=self.pool,
+                provisioning=provisioning,
+                source_volume_id=self._engine_id(src_vref), id=volume.id)
+        return {'provider_id': made['id']}
+
+    def delete_volume(self, volume):
+        ident = self._engine_id(volume)
+        with self._translated(
+                'deleting volume %s' % volume.id,
+                {errors.Busy: lambda e: exception.VolumeIsBusy(
+                    volume_name=volume.name)}):
+            # Exports a lost detach left behind would keep it busy.
+            for exp in self.client.exports(volume_id=ident):
+                self.client.delete_export(exp['id'])
+            try:
+                self.client.delete_volume(ident)
+            except errors.NotFound:
+                LOG.info('volume %s is already gone from the engine',
+                         volume.id)
+
+    def extend_volume(self, volume, new_size):
+        with self._translated('extending volume %s to %d GiB'
+                              % (volume.id, new_size)):
+            self.client.extend_volume(self._engine_id(volume),
+                                      new_size * units.Gi)
+
+    def revert_to_snapshot(self, context, volume, snapshot):
+        with self._translated('reverting volume %s to snapshot %s'
+                              % (volume.id, snapshot.id)):
+            self.client.revert_volume(self._engine_id(volume),
+                                      self._snapshot_engine_id(snapshot))
+
+    def retype(self, context, volume, new_type, diff, host):
+        """Thin and thick convert in place; anything else migrates."""
+        if (host.get('capabilities', {}).get('location_info') !=
+                self._stats.get('pools', [{}])[0].get('location_info')):
+            return False
+        try:
+            wanted = self._provisioning(new_type)
+        except exception.InvalidVolumeType:
+            return False
+        with self._translated('retyping volume %s to %s provisioning'
+                              % (volume.id, wanted)):
+            current = self.client.volume(self._engine_id(volume))
+            if current['provisioning'] != wanted:
+                self.client.update_volume(self._engine_id(volume),
+                                          provisioning=wanted)
+        return True
+
+    # -- snapshots ------------------------------------------------------------
+
+    @staticmethod
+    def _snapshot_engine_id(snapshot) -> str:
+        return snapshot.provider_id or snapshot.id
+
+    def create_snapshot(self, snapshot):
+        with self._translated('creating snapshot %s of volume %s'
+                              % (snapshot.id, snapshot.volume_id)):
+            made = self.client.create_snapshot(
+                self._engine_id(snapshot.volume), snapshot.name,
+                id=snapshot.id)
+        return {'provider_id': made['id']}
+
+    def delete_snapshot(self, snapshot):
+        with self._translated(
+                'deleting snapshot %s' % snapshot.id,
+                {errors.Busy: lambda e: exception.SnapshotIsBusy(
+                    snapshot_name=snapshot.name)}):
+            try:
+                self.client.delete_snapshot(self._snapshot_engine_id(
+                    snapshot))
+            except errors.NotFound:
+                LOG.info('snapshot %s is already gone from the engine',
+                         snapshot.id)
+
+    # -- attach and detach --------------------------------------------------
+
+    @staticmethod
+    def _host_of(connector) -> str:
+        if not connector or not connector.get('ip'):
+            raise exception.InvalidConnectorException(missing='ip')
+        return connector['ip']
+
+    def _export_id(self, volume, host: str) -> str:
+        return str(uuid.uuid5(EXPORT_NAMESPACE, '%s:%s' % (
+            self._engine_id(volume), host)))
+
+    def create_export(self, context, volume, connector):
+        # Exports are per host, made in initialize_connection.
+        pass
+
+    def ensure_export(self, context, volume):
+        # The storage node restores its exports itself when it restarts.
+        pass
+
+    def remove_export(self, context, volume):
+        # Removed per host in terminate_connection; another host may
+        # still be attached (multiattach).
+        pass
+
+    def initialize_connection(self, volume, connector):
+        host = self._host_of(connector)
+        # Cinder marks read-only volumes in their admin metadata.
+        admin = volume.admin_metadata \
+            if volume.obj_attr_is_set('admin_metadata') else {}
+        read_only = (admin or {}).get('readonly') == 'True'
+        with self._translated('exporting volume %s to %s'
+                              % (volume.id, host)):
+            exp = self.client.create_export(
+                self._engine_id(volume), [host], read_only=read_only,
+                protocol=self.protocol,
+                id=self._export_id(volume, host))
+        data = dict(exp['connection'])
+        data.update(volume_id=volume.id, export_id=exp['id'],
+                    access_mode='ro' if exp['read_only'] else 'rw',
+                    discard=True)
+        return {'driver_volume_type': self.protocol, 'data': data}
+
+    def terminate_connection(self, volume, connector, **kwargs):
+        """Remove the export of the connector's host.
+
+        Returns True while another attachment of the volume uses the same
+        host's export (multiattach on one host): it stays.
+        """
+        ident = self._engine_id(volume)
+        with self._translated('removing the export of volume %s'
+                              % volume.id):
+            if connector is None:
+                # Force detach: every host loses the volume.
+                for exp in self.client.exports(volume_id=ident):
+                    self.client.delete_export(exp['id'])
+                return False
+            host = self._host_of(connector)
+            sharing = [a for a in volume.volume_attachment or []
+                       if a.connector and a.connector.get('ip') == host
+                       and a.attach_status in ('attached', 'attaching')]
+            if len(sharing) > 1:
+                return True
+            try:
+                self.client.delete_export(self._export_id(volume, host))
+            except errors.NotFound:
+                pass
+        return False
+
+    # -- manage and unmanage --------------------------------------------------
+
+    def _find_existing(self, existing_ref) -> dict:
+        with self._translated('looking up %s' % (existing_ref,)):
+            if 'source-id' in existing_ref:
+                try:
+                    return self.client.volume(existing_ref['source-id'])
+                except (errors.NotFound, errors.InvalidArgument) as exc:
+                    reason = str(exc)
+            elif 'source-name' in existing_ref:
+                found = self.client.volumes(pool=self.pool,
+                                            name=existing_ref['source-name'])
+                if found:
+                    return found[0]
+                reason = 'no volume of that name in pool %s' % self.pool
+            else:
+                reason = 'give source-name or source-id'
+        raise exception.ManageExistingInvalidReference(
+            existing_ref=existing_ref, reason=reason)
+
+    def manage_existing_get_size(self, volume, existing_ref):
+        return gib(self._find_existing(existing_ref)['size'])
+
+    def manage_existing(self, volume, existing_ref):
+        found = self._find_existing(existing_ref)
+        if found['pool'] != self.pool:
+            raise exception.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason='it is in pool %s, not %s' % (found['pool'],
+                                                     self.pool))
+        with self._translated('managing %s as volume %s'
+                              % (found['name'], volume.id)):
+            size = gib(found['size']) * units.Gi
+            # Cinder counts whole GiB: the volume grows to the next one.
+            self.client.update_volume(
+                found['id'], name=volume.name,
+                size=size if size != found['size'] else None)
+        return {'provider_id': found['id']}
+
+    def unmanage(self, volume):
+        # The volume stays in the engine under its Cinder name.
+        LOG.info('volume %s (%s) is no longer managed by Cinder; it stays '
+                 'in pool %s', volume.name, self._engine_id(volume),
+                 self.pool)
+
+    def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
+                               sort_keys, sort_dirs):
+        known = {v.provider_id or v.id for v in cinder_volumes}
+        entries = []
+        with self._translated('listing pool %s' % self.pool):
+            volumes = self.client.volumes(pool=self.pool)
+            exported = {e['volume_id'] for e in self.client.exports()}
+        for vol in volumes:
+            managed = vol['id'] in known
+            safe = not managed and vol['id'] not in exported
+            reason = None
+            if managed:
+                reason = 'already managed'
+            elif not safe:
+                reason = 'exported'
+            entries.append({
+                'reference': {'source-name': vol['name']},
+                'size': gib(vol['size']), 'safe_to_manage': safe,
+                'reason_not_safe': reason,
+                'cinder_id': vol['id'] if managed else None,
+                'extra_info': 'provisioning=%s' % vol['provisioning']})
+        return volume_utils.paginate_entries_list(
+            entries, marker, limit, offset, sort_keys, sort_dirs)

@@ -1,0 +1,256 @@
+"""The LVM-style Cinder driver against a real storage node, call by call.
+
+Cinder's volume manager is not in the loop here (tests/functional/
+test_cinder_*.py run the real services); this tier drives the driver the
+way the manager does, with Cinder's own objects, and checks what the
+storage node then holds and serves.
+"""
+
+import uuid
+
+from cinder import context as cinder_context
+from cinder import exception
+from cinder import objects
+from cinder.volume import configuration
+from cinder.volume import driver as cinder_driver
+from oslo_config import cfg
+import pytest
+
+from storage_engine.nbd import client as nbd_client
+from storage_engine import units
+
+from cinder_drivers import lvm
+
+objects.register_all()
+GiB = units.Gi
+CTX = cinder_context.get_admin_context()
+
+
+def _conf(node, group):
+    conf = cfg.CONF
+    if conf._args is None:
+        conf([], project='cinder', default_config_files=[])
+    config = configuration.Configuration(
+        cinder_driver.volume_opts, config_group=group)
+    config.append_config_values(lvm.base.engine_opts)
+    for key, value in (('engine_api_url', node.url),
+                       ('engine_api_token', node.token),
+                       ('volume_backend_name', group),
+                       ('engine_api_timeout', 10)):
+        conf.set_override(key, value, group=group)
+    return config
+
+
+@pytest.fixture
+def driver(node):
+    group = 'engine-%s' % uuid.uuid4().hex[:8]
+    drv = lvm.EngineLVMDriver(configuration=_conf(node, group),
+                              host='test@%s' % group)
+    drv.do_setup(CTX)
+    drv.check_for_setup_error()
+    yield drv
+    for key in ('engine_api_url', 'engine_api_token', 'volume_backend_name',
+                'engine_api_timeout'):
+        cfg.CONF.clear_override(key, group=group)
+
+
+def _type(provisioning=None):
+    specs = {} if provisioning is None else {
+        'provisioning:type': provisioning}
+    return objects.VolumeType(CTX, id=str(uuid.uuid4()), name='t',
+                              extra_specs=specs)
+
+
+def _volume(size=1, provisioning=None, **kwargs):
+    return objects.Volume(
+        CTX, id=str(uuid.uuid4()), _name_id=None, size=size,
+        provider_id=None,
+        volume_type=_type(provisioning), display_name='v',
+        volume_attachment=objects.VolumeAttachmentList(objects=[]),
+        **kwargs)
+
+
+def _snapshot(volume):
+    return objects.Snapshot(CTX, id=str(uuid.uuid4()), volume=volume,
+                            volume_id=volume.id, volume_size=volume.size,
+                            provider_id=None)
+
+
+def _create(driver, volume):
+    volume.update(driver.create_volume(volume) or {})
+    return volume
+
+
+CONNECTOR = {'ip': '127.0.0.1', 'host': 'compute-1', 'initiator': None}
+
+
+def _attach(driver, volume):
+    info = driver.initialize_connection(volume, CONNECTOR)
+    assert info['driver_volume_type'] == 'nbd'
+    data = info['data']
+    return nbd_client.NBDClient.connect(data['export_name'],
+                                        host=data['host'], port=data['port'])
+
+
+def _engine(node, path):
+    r = node.get(path)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_stats_report_the_pool_with_its_capabilities(driver, node):
+    stats = driver.get_volume_stats(refresh=True)
+    assert stats['storage_protocol'] == 'NBD'
+    pool, = stats['pools']
+    assert pool['pool_name'] == 'default'
+    assert pool['backend_state'] == 'up'
+    assert pool['thin_provisioning_support'] is True
+    assert pool['thick_provisioning_support'] is True
+    assert pool['multiattach'] is True
+    engine_pool = _engine(node, '/pools/default')
+    assert pool['total_capacity_gb'] == round(engine_pool['total'] / GiB, 2)
+
+
+@pytest.mark.parametrize('provisioning', ['thin', 'thick', None])
+def test_create_follows_the_types_provisioning(driver, node, provisioning):
+    vol = _create(driver, _volume(provisioning=provisioning))
+    assert vol.provider_id == vol.id
+    engine = _engine(node, '/volumes/' + vol.id)
+    assert engine['name'] == vol.name
+    assert engine['size'] == GiB
+    assert engine['provisioning'] == (provisioning or 'thin')
+    # Cinder retrying a create it thinks failed makes no second volume.
+    driver.create_volume(vol)
+    assert len(_engine(node, '/volumes')['volumes']) == 1
+
+
+def test_bad_extra_spec_is_refused_and_nothing_is_made(driver, node):
+    with pytest.raises(exception.InvalidVolumeType, match='thin or thick'):
+        driver.create_volume(_volume(provisioning='fat'))
+    assert _engine(node, '/volumes')['volumes'] == []
+
+
+def test_snapshot_clone_revert_and_extend_keep_the_data(driver, node):
+    vol = _create(driver, _volume())
+    with _attach(driver, vol) as c:
+        c.pwrite(b'1' * 4096, 0)
+        snap = _snapshot(vol)
+        snap.update(driver.create_snapshot(snap) or {})
+        c.pwrite(b'2' * 4096, 0)
+    from_snap = _volume(size=2)
+    from_snap.update(driver.create_volume_from_snapshot(from_snap, snap))
+    clone = _volume()
+    clone.update(driver.create_cloned_volume(clone, vol))
+    with _attach(driver, from_snap) as c:
+        assert c.size == 2 * GiB
+        assert c.pread(4096, 0) == b'1' * 4096
+    with _attach(driver, clone) as c:
+        assert c.pread(4096, 0) == b'2' * 4096
+    driver.revert_to_snapshot(CTX, vol, snap)
+    driver.extend_volume(vol, 3)
+    with _attach(driver, vol) as c:
+        assert c.size == 3 * GiB
+        assert c.pread(4096, 0) == b'1' * 4096
+    # The snapshot has a clone reading through it: Cinder is told busy.
+    with pytest.raises(exception.SnapshotIsBusy):
+        driver.delete_snapshot(snap)
+    for v in (from_snap, clone):
+        driver.terminate_connection(v, CONNECTOR)
+        driver.delete_volume(v)
+    driver.delete_snapshot(snap)
+    driver.terminate_connection(vol, CONNECTOR)
+    driver.delete_volume(vol)
+    assert _engine(node, '/volumes')['volumes'] == []
+    assert _engine(node, '/snapshots')['snapshots'] == []
+    assert _engine(node, '/exports')['exports'] == []
+
+
+def test_export_admits_only_the_connectors_host(driver, node):
+    vol = _create(driver, _volume())
+    info = driver.initialize_connection(vol, {'ip': '192.0.2.10'})
+    data = info['data']
+    assert _engine(node, '/exports/' + data['export_id'])['hosts'] == \
+        ['192.0.2.10']
+    with pytest.raises(nbd_client.NBDError):
+        nbd_client.NBDClient.connect(data['export_name'], host=data['host'],
+                                     port=data['port']).close()
+    # Repeating initialize_connection gives the same export.
+    assert driver.initialize_connection(vol, {'ip': '192.0.2.10'}) == info
+    with pytest.raises(exception.InvalidConnectorException):
+        driver.initialize_connection(vol, {'host': 'no-ip'})
+
+
+def test_multiattach_on_one_host_keeps_the_export_until_the_last(driver,
+                                                                 node):
+    vol = _create(driver, _volume())
+    info = driver.initialize_connection(vol, CONNECTOR)
+    vol.volume_attachment = objects.VolumeAttachmentList(objects=[
+        objects.VolumeAttachment(CTX, id=str(uuid.uuid4()),
+                                 connector=CONNECTOR,
+                                 attach_status='attached')
+        for _ in range(2)])
+    assert driver.terminate_connection(vol, CONNECTOR) is True
+    assert _engine(node, '/exports')['exports'] != []
+    vol.volume_attachment = objects.VolumeAttachmentList(
+        objects=vol.volume_attachment.objects[:1])
+    assert driver.terminate_connection(vol, CONNECTOR) is False
+    assert _engine(node, '/exports')['exports'] == []
+    # A force detach (no connector) removes every host's export.
+    driver.initialize_connection(vol, CONNECTOR)
+    driver.initialize_connection(vol, {'ip': '192.0.2.11'})
+    assert len(_engine(node, '/exports')['exports']) == 2
+    assert driver.terminate_connection(vol, None) is False
+    assert _engine(node, '/exports')['exports'] == []
+    assert info['data']['volume_id'] == vol.id
+
+
+def test_retype_between_thin_and_thick_in_place(driver, node):
+    vol = _create(driver, _volume(provisioning='thin'))
+    host = {'capabilities': driver.get_volume_stats(True)['pools'][0]}
+    assert driver.retype(CTX, vol, _type('thick'), {}, host) is True
+    assert _engine(node, '/volumes/' + vol.id)['provisioning'] == 'thick'
+    assert driver.retype(CTX, vol, _type('thin'), {}, host) is True
+    assert _engine(node, '/volumes/' + vol.id)['provisioning'] == 'thin'
+    # Another backend: Cinder must migrate instead.
+    assert driver.retype(CTX, vol, _type('thick'), {},
+                         {'capabilities': {'location_info': 'other'}}) \
+        is False
+
+
+def test_manage_and_unmanage_an_engine_volume(driver, node):
+    r = node.post('/volumes', {'name': 'legacy', 'size': 1536 * units.Mi})
+    assert r.status_code == 201
+    legacy = r.json()
+    ref = {'source-name': 'legacy'}
+    vol = _volume(size=0)
+    assert driver.manage_existing_get_size(vol, ref) == 2
+    vol.size = 2
+    vol.update(driver.manage_existing(vol, ref))
+    assert vol.provider_id == legacy['id']
+    engine = _engine(node, '/volumes/' + legacy['id'])
+    assert (engine['name'], engine['size']) == (vol.name, 2 * GiB)
+    listed = driver.get_manageable_volumes([vol], None, 10, 0, ['size'],
+                                           ['asc'])
+    assert [e['safe_to_manage'] for e in listed] == [False]
+    with pytest.raises(exception.ManageExistingInvalidReference):
+        driver.manage_existing(_volume(), {'source-name': 'missing'})
+    driver.unmanage(vol)
+    assert _engine(node, '/volumes/' + legacy['id'])['name'] == vol.name
+
+
+def test_node_down_gives_an_actionable_error(driver, node):
+    node.stop()
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match='unavailable.*storage-engine serve'):
+        driver.create_volume(_volume())
+    stats = driver.get_volume_stats(refresh=True)
+    assert stats['pools'][0]['backend_state'] == 'down'
+    node.start()
+    assert _engine(node, '/volumes')['volumes'] == []
+
+
+def test_pool_full_is_reported_and_nothing_is_left(driver, node):
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match='pool default is full'):
+        driver.create_volume(_volume(size=64, provisioning='thick'))
+    assert _engine(node, '/volumes')['volumes'] == []
