@@ -1,1 +1,59 @@
-"""os-brick connectors that attach storage-engine exports on compute hosts."""
+"""os-brick connectors that attach storage-engine exports on compute hosts.
+
+os-brick finds a connector through hard-coded tables: the protocol name
+(``driver_volume_type`` upper-cased) maps to a class path in the table of
+the host's architecture, and ``os_brick.initiator`` names each protocol as
+a constant. :func:`register` adds ours to both. Every process that attaches
+our volumes must call it once at start, before it asks os-brick for a
+connector: cinder-volume does so from our drivers' ``do_setup``, nova-compute
+would do so at start. Calling it again, from anywhere, changes nothing.
+"""
+
+import threading
+
+from oslo_log import log as logging
+
+LOG = logging.getLogger(__name__)
+
+# Protocol name (as os-brick's factory sees it: upper case) -> connector
+# class path, imported by os-brick only when a connector is asked for.
+CONNECTORS = {
+    'NBD': 'os_brick_connectors.nbd.NBDConnector',
+}
+
+# Every architecture os-brick has a table for: our connectors are plain
+# userspace code, usable on all of them.
+_ARCHES = ('x86_64', 's390x', 'ppc64le')
+
+_lock = threading.Lock()
+
+
+def register() -> None:
+    """Make os-brick's connector factory know our protocols.
+
+    Idempotent and thread-safe. A protocol os-brick already maps to another
+    class is taken over, with a warning: our drivers' ``driver_volume_type``
+    values mean our connection properties.
+    """
+    # Imported here so that importing this package costs nothing.
+    from os_brick import initiator
+    from os_brick.initiator import connector
+
+    with _lock:
+        tables = {id(t): t for t in (connector.get_connector_mapping(arch)
+                                     for arch in _ARCHES)}
+        for protocol, path in CONNECTORS.items():
+            if getattr(initiator, protocol, protocol) != protocol:
+                raise RuntimeError('os_brick.initiator.%s is %r, not %r: '
+                                   'this os-brick is not one we know'
+                                   % (protocol, getattr(initiator, protocol),
+                                      protocol))
+            setattr(initiator, protocol, protocol)
+            for table in tables.values():
+                current = table.get(protocol)
+                if current == path:
+                    continue
+                if current is not None:
+                    LOG.warning('os-brick protocol %s was mapped to %s; '
+                                'using %s instead', protocol, current, path)
+                table[protocol] = path
