@@ -13,6 +13,21 @@ as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# Packages with services (rabbitmq-server, mariadb-server, etcd-server) are
+# installed for the tests, which start their own private instances: their
+# maintainer scripts must not start system-wide ones (nor hang trying to,
+# on machines without systemd). A policy-rc.d that denies every start does
+# that; one that is already there is left alone, ours is removed after.
+policy_rc=/usr/sbin/policy-rc.d
+policy_rc_ours=0
+restore_policy_rc() {
+    if [ "$policy_rc_ours" = 1 ]; then
+        as_root rm -f "$policy_rc"
+        policy_rc_ours=0
+    fi
+}
+trap restore_policy_rc EXIT
+
 apt_updated=0
 apt_install() {
     [ "$#" -gt 0 ] || return 0
@@ -20,8 +35,15 @@ apt_install() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
         apt_updated=1
     fi
+    if [ ! -e "$policy_rc" ]; then
+        printf '#!/bin/sh\n# tools/setup-env.sh: start no service\nexit 101\n' |
+            as_root tee "$policy_rc" >/dev/null
+        as_root chmod 755 "$policy_rc"
+        policy_rc_ours=1
+    fi
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    restore_policy_rc
 }
 
 # Bootstrap: a Python that can make a venv, before bindep itself can run.

@@ -3,11 +3,39 @@
 ``node_factory`` makes storage-node services (tests/fixtures/node.py) and
 stops every one it started when the test ends; ``node`` is one started
 node with the embedded SQLite metadata store.
+
+The Cinder fixtures are per session (``etcd`` is in tests/conftest.py):
+
+- ``rabbitmq``: a private RabbitMQ (tests/fixtures/rabbitmq.py); its
+  ``transport_url`` is the session's vhost;
+- ``mariadb``: a private MariaDB (tests/fixtures/mariadb.py);
+  ``create_database(name)`` returns a SQLAlchemy URL;
+- ``cinder_node``: the storage node behind Cinder (an 8G pool);
+- ``cinder``: cinder-api, cinder-scheduler and cinder-volume with our
+  LVM-style backend over ``cinder_node`` (tests/fixtures/cinder.py):
+  ``cinder.client()`` is a python-cinderclient Client,
+  ``restart_volume_service()``, ``log_tails()``, ``node``, ``backend``;
+- ``cinder_client``: ``cinder.client()``.
+
+How long each took to start is printed at the end of the run, and a
+failing test that used ``cinder`` gets the end of the services' logs in
+its report.
 """
+
+import time
 
 import pytest
 
+from tests.fixtures import cinder as cinder_mod
+from tests.fixtures import mariadb as mariadb_mod
 from tests.fixtures import node as node_mod
+from tests.fixtures import rabbitmq as rabbitmq_mod
+
+STARTUP_TIMES = pytest.StashKey[dict]()
+
+
+def _record(config, name: str, seconds: float) -> None:
+    config.stash.setdefault(STARTUP_TIMES, {})[name] = seconds
 
 
 @pytest.fixture
@@ -27,3 +55,84 @@ def node_factory(tmp_path):
 @pytest.fixture
 def node(node_factory):
     return node_factory()
+
+
+@pytest.fixture(scope='session')
+def rabbitmq(pytestconfig):
+    """A private RabbitMQ for the session (its own vhost and user)."""
+    begin = time.monotonic()
+    server = rabbitmq_mod.start()
+    _record(pytestconfig, 'rabbitmq', time.monotonic() - begin)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope='session')
+def mariadb(pytestconfig):
+    """A private MariaDB for the session."""
+    begin = time.monotonic()
+    server = mariadb_mod.start()
+    _record(pytestconfig, 'mariadb', time.monotonic() - begin)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope='session')
+def cinder_node(tmp_path_factory, pytestconfig):
+    """The storage-node service behind the session's Cinder."""
+    begin = time.monotonic()
+    node = node_mod.NodeProcess(tmp_path_factory.mktemp('cinder-node'),
+                                'cinder-node', pool_size='8G').start()
+    _record(pytestconfig, 'storage node', time.monotonic() - begin)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope='session')
+def cinder(tmp_path_factory, pytestconfig, rabbitmq, mariadb, etcd,
+           cinder_node):
+    """cinder-api, -scheduler and -volume with our backend, ready."""
+    services = cinder_mod.Cinder(
+        tmp_path_factory.mktemp('cinder'),
+        transport_url=rabbitmq.transport_url,
+        database_url=mariadb.create_database('cinder'),
+        coordination_url='etcd3+' + etcd.client_url,
+        node=cinder_node)
+    try:
+        services.start()
+        for step, seconds in services.timings.items():
+            _record(pytestconfig, 'cinder ' + step, seconds)
+        yield services
+    finally:
+        services.stop()
+
+
+@pytest.fixture
+def cinder_client(cinder):
+    """A python-cinderclient Client (noauth, admin) of the session's
+    Cinder.
+    """
+    return cinder.client()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    services = getattr(item, 'funcargs', {}).get('cinder')
+    if report.failed and isinstance(services, cinder_mod.Cinder):
+        report.sections.append(('Cinder service logs', services.log_tails()))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    times = config.stash.get(STARTUP_TIMES, None)
+    if times:
+        terminalreporter.write_sep('-', 'functional fixtures: start-up')
+        for name, seconds in times.items():
+            terminalreporter.write_line('%-28s %6.1f s' % (name, seconds))
