@@ -197,6 +197,11 @@ class API:
             body = json.loads(await request.read())
         except UnicodeDecodeError:
             raise errors.InvalidArgument('the body is not UTF-8') from None
+        except RecursionError:
+            # Arrays or objects nested thousands deep (a few bytes each).
+            raise errors.InvalidArgument('the body is not JSON this API '
+                                         'takes: it is nested too '
+                                         'deeply') from None
         except ValueError as exc:
             raise errors.InvalidArgument('the body is not JSON: %s'
                                          % exc) from None
