@@ -12,7 +12,6 @@ afterwards by device and by PID, without the connector's help.
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import time
 import pytest
 
 from storage_engine import units
+from tests.fixtures import host
 
 MiB = units.Mi
 
@@ -33,142 +33,10 @@ def _ok(response, status=200):
     return response.json() if response.content else None
 
 
-def _run(*cmd, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if check and proc.returncode:
-        raise AssertionError('%s failed (%d): %s' % (' '.join(cmd),
-                                                     proc.returncode,
-                                                     proc.stderr))
-    return proc
-
-
-# -- what the host has --------------------------------------------------------
-
-def _mount_points() -> list:
-    points = []
-    with open('/proc/self/mountinfo') as f:
-        for line in f:
-            points.append(re.sub(r'\\([0-7]{3})',
-                                 lambda m: chr(int(m.group(1), 8)),
-                                 line.split(' ')[4]))
-    return points
-
-
-def _loops_under(top: str) -> list:
-    """Loop devices whose backing file is below ``top``."""
-    found = []
-    for name in os.listdir('/sys/class/block'):
-        try:
-            with open('/sys/class/block/%s/loop/backing_file' % name) as f:
-                backing = f.read().strip()
-        except OSError:
-            continue
-        if backing.startswith(top + '/'):
-            found.append('/dev/' + name)
-    return sorted(found)
-
-
-def _processes(name: str, match) -> list:
-    """PIDs of live ``name`` processes with an argument ``match`` accepts
-    (or equal to it, given a string).
-    """
-    if isinstance(match, str):
-        match = match.__eq__
-    pids = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open('/proc/%s/comm' % entry) as f:
-                if f.read().strip() != name:
-                    continue
-            with open('/proc/%s/cmdline' % entry, 'rb') as f:
-                args = f.read().decode(errors='replace').split('\0')
-            with open('/proc/%s/stat' % entry) as f:
-                if f.read().rpartition(')')[2].split()[0] == 'Z':
-                    continue
-        except OSError:
-            continue
-        if any(match(a) for a in args):
-            pids.append(int(entry))
-    return pids
-
-
-def _nbdfuse_under(top: str) -> list:
-    """PIDs of nbdfuse processes serving a file below ``top``."""
-    return _processes('nbdfuse', lambda arg: arg.startswith(top + '/'))
-
-
-def _device_size(device: str) -> int:
-    return int(_run('blockdev', '--getsize64', device).stdout)
-
-
-def _nothing_left(top: str) -> None:
-    assert _loops_under(top) == []
-    assert [p for p in _mount_points() if p.startswith(top + '/')] == []
-    assert _nbdfuse_under(top) == []
-
-
-# -- fixtures -----------------------------------------------------------------
-
 @pytest.fixture(scope='module')
 def brick(tmp_path_factory):
-    """os-brick set up as a service sets it up, our connectors registered."""
-    from oslo_config import cfg
-
-    from os_brick import privileged   # also registers [os_brick] options
-
-    import os_brick_connectors
-
-    locks = tmp_path_factory.mktemp('os-brick-locks')
-    helper = os.path.join(os.path.dirname(sys.executable), 'privsep-helper')
-    # What os_brick.setup(CONF) gives a service: a lock_path.
-    cfg.CONF.set_override('lock_path', str(locks), 'os_brick')
-    cfg.CONF.set_override('helper_command', helper, 'privsep_osbrick')
-    os_brick_connectors.register()
-    try:
-        yield {'lock_path': str(locks), 'helper_command': helper}
-    finally:
-        # The privsep daemon this module's connectors started.
-        privileged.default.stop()
-        cfg.CONF.clear_override('helper_command', 'privsep_osbrick')
-        cfg.CONF.clear_override('lock_path', 'os_brick')
-
-
-class Cleaner:
-    """Undoes what the tests and the connector left, by device and PID."""
-
-    def __init__(self, top: str):
-        self.top = top
-        self.mounts = []
-
-    def mount(self, device: str, where) -> str:
-        where = str(where)
-        os.makedirs(where, exist_ok=True)
-        _run('mount', device, where)
-        self.mounts.append(where)
-        return where
-
-    def umount(self, where: str) -> None:
-        _run('umount', where)
-        self.mounts.remove(where)
-
-    def clean(self) -> None:
-        for where in reversed(self.mounts):
-            _run('umount', '-l', where, check=False)
-        for device in _loops_under(self.top):
-            _run('losetup', '-d', device, check=False)
-        for point in _mount_points():
-            if point.startswith(self.top + '/'):
-                _run('umount', '-l', point, check=False)
-        for pid in _nbdfuse_under(self.top):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 30
-        while _nbdfuse_under(self.top) and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with host.brick(tmp_path_factory.mktemp('os-brick-locks')) as setup:
+        yield setup
 
 
 @pytest.fixture
@@ -179,7 +47,7 @@ def run_dir(tmp_path):
 
 @pytest.fixture
 def cleaner(run_dir):
-    c = Cleaner(run_dir)
+    c = host.Cleaner(run_dir)
     try:
         yield c
     finally:
@@ -278,13 +146,13 @@ def test_fuse_mode_keeps_a_filesystem_across_disconnect_and_connect(
     device = attached['path']
     assert attached['type'] == 'block'
     assert re.fullmatch(r'/dev/loop\d+', device)
-    assert _device_size(device) == 64 * MiB
+    assert host.device_size(device) == 64 * MiB
     assert conn.get_volume_paths(props) == [device]
     assert conn.check_valid_device(device)
-    assert _loops_under(run_dir) == [device]
-    assert len(_nbdfuse_under(run_dir)) == 1
+    assert host.loops_under(run_dir) == [device]
+    assert len(host.nbdfuse_under(run_dir)) == 1
 
-    _run('mkfs.ext4', '-q', '-F', device)
+    host.run('mkfs.ext4', '-q', '-F', device)
     mnt = cleaner.mount(device, tmp_path / 'mnt')
     files = {'a.txt': b'hello over NBD\n', 'b.bin': os.urandom(3 * MiB + 17)}
     for name, data in files.items():
@@ -294,7 +162,7 @@ def test_fuse_mode_keeps_a_filesystem_across_disconnect_and_connect(
 
     # Disconnect from the properties alone, as a restarted service would.
     make_connector().disconnect_volume(props, None)
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
     assert not os.path.exists(state)
     assert conn.get_volume_paths(props) == []
 
@@ -305,7 +173,7 @@ def test_fuse_mode_keeps_a_filesystem_across_disconnect_and_connect(
             assert f.read() == data
     cleaner.umount(mnt)
     conn.disconnect_volume(props, {'type': 'block', 'path': again})
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
 
 
 def test_connecting_twice_gives_the_same_device_and_one_loop(
@@ -314,10 +182,10 @@ def test_connecting_twice_gives_the_same_device_and_one_loop(
     first = make_connector().connect_volume(props)['path']
     second = make_connector(mode='fuse').connect_volume(dict(props))['path']
     assert second == first
-    assert _loops_under(run_dir) == [first]
-    assert len(_nbdfuse_under(run_dir)) == 1
+    assert host.loops_under(run_dir) == [first]
+    assert len(host.nbdfuse_under(run_dir)) == 1
     make_connector().disconnect_volume(props, None)
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
 
 
 # A service attaching, then exiting (or restarting).
@@ -353,7 +221,7 @@ def test_the_device_outlives_the_process_that_connected_it(
     device = service.stdout.split()[-1]
     # The service and its privsep daemon are gone; nbdfuse is not, and
     # is in a session of its own.
-    [pid] = _nbdfuse_under(run_dir)
+    [pid] = host.nbdfuse_under(run_dir)
     assert os.getsid(pid) == pid
     data = os.urandom(MiB)
     with open(device, 'r+b', buffering=0) as dev:
@@ -365,7 +233,7 @@ def test_the_device_outlives_the_process_that_connected_it(
         assert handle.read(MiB) == data
     assert make_connector().connect_volume(props)['path'] == device
     make_connector().disconnect_volume(props, None)
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
 
 
 def test_disconnecting_what_was_never_connected_is_fine(
@@ -381,9 +249,9 @@ def test_a_read_only_export_gives_a_read_only_device(
         node, make_connector, run_dir):
     props = _export(node, _volume(node), access_mode='ro')
     device = make_connector().connect_volume(props)['path']
-    assert _run('blockdev', '--getro', device).stdout.strip() == '1'
+    assert host.run('blockdev', '--getro', device).stdout.strip() == '1'
     make_connector().disconnect_volume(props, None)
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
 
 
 def test_disconnect_leaves_a_device_a_process_holds_open_working(
@@ -404,7 +272,7 @@ def test_disconnect_leaves_a_device_a_process_holds_open_working(
         assert os.pread(dev.fileno(), MiB, MiB) == data
     # Closed, the kernel let the loop device go; the rest goes now.
     make_connector().disconnect_volume(props, None)
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
     handle = make_connector(mode='file').connect_volume(props)['path']
     with handle:
         handle.seek(MiB)
@@ -444,7 +312,7 @@ def test_an_export_this_host_cannot_use_is_a_clear_error_leaving_nothing(
             'host' % (props['export_name'], props['port']) in message
         assert 'no such export, or the export does not admit this host' \
             in message
-        _nothing_left(run_dir)
+        host.nothing_left(run_dir)
         assert not os.path.exists(os.path.join(run_dir,
                                                props['export_name']))
 
@@ -468,7 +336,7 @@ def test_nbdfuse_refusing_the_export_is_reported_and_cleaned_up(
         conn.connect_volume(props)
     assert 'nbdfuse exited' in str(err.value)
     assert 'no-such-export' in str(err.value)
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
     assert not os.path.exists(os.path.join(run_dir, 'no-such-export'))
 
 
@@ -492,7 +360,7 @@ def test_tls_exports_attach_with_the_client_certificates(
         make_connector().connect_volume(dict(props, tls_mode='off'))
     assert 'the server requires TLS (connection tls_mode is off)' in \
         str(err.value)
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
 
     props['tls_certificates'] = pki.client_dir()
     data = os.urandom(4096)
@@ -501,17 +369,17 @@ def test_tls_exports_attach_with_the_client_certificates(
         handle.seek(12345)
         handle.write(data)
     device = make_connector(mode='fuse').connect_volume(props)['path']
-    assert _device_size(device) == 8 * MiB
+    assert host.device_size(device) == 8 * MiB
     with open(device, 'rb', buffering=0) as dev:
         assert os.pread(dev.fileno(), 4096, 12345) == data
     proxy = 'export=' + props['export_name']
-    assert len(_processes('nbdkit', proxy)) == 1
+    assert len(host.processes('nbdkit', proxy)) == 1
     make_connector().disconnect_volume(props, None)
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
     deadline = time.monotonic() + 30
-    while _processes('nbdkit', proxy) and time.monotonic() < deadline:
+    while host.processes('nbdkit', proxy) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _processes('nbdkit', proxy) == []
+    assert host.processes('nbdkit', proxy) == []
 
 
 # -- file mode ----------------------------------------------------------------
@@ -574,7 +442,7 @@ def test_file_mode_round_trips_unaligned_io_and_agrees_with_fuse_mode(
             assert os.pread(dev.fileno(), length, offset) == \
                 expected[offset:offset + length]
     make_connector().disconnect_volume(props, None)
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
 
 
 def test_file_mode_of_a_read_only_export_refuses_writes(
@@ -611,10 +479,10 @@ def test_extend_shows_the_new_size_on_the_same_device(
                              json={'size': 96 * MiB}))
     assert grown['size'] == 96 * MiB
     assert conn.extend_volume(props) == 96 * MiB
-    assert _device_size(device) == 96 * MiB
+    assert host.device_size(device) == 96 * MiB
     assert conn.get_volume_paths(props) == [device]
-    assert _loops_under(run_dir) == [device]
-    assert len(_nbdfuse_under(run_dir)) == 1
+    assert host.loops_under(run_dir) == [device]
+    assert len(host.nbdfuse_under(run_dir)) == 1
 
     tail = os.urandom(MiB)
     with open(device, 'r+b', buffering=0) as dev:
@@ -631,7 +499,7 @@ def test_extend_shows_the_new_size_on_the_same_device(
     # File mode: the size on the server, nothing on the host to refresh.
     assert make_connector(mode='file').extend_volume(props) == 96 * MiB
     conn.disconnect_volume(props, None)
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
 
 
 def test_extend_refuses_a_mounted_device_and_leaves_it_working(
@@ -642,7 +510,7 @@ def test_extend_refuses_a_mounted_device_and_leaves_it_working(
     props = _export(node, vol)
     conn = make_connector()
     device = conn.connect_volume(props)['path']
-    _run('mkfs.ext4', '-q', '-F', device)
+    host.run('mkfs.ext4', '-q', '-F', device)
     mnt = cleaner.mount(device, tmp_path / 'mnt')
     _ok(node.request('PATCH', '/volumes/' + vol['id'],
                      json={'size': 64 * MiB}))
@@ -653,13 +521,13 @@ def test_extend_refuses_a_mounted_device_and_leaves_it_working(
     with open(os.path.join(mnt, 'still-works'), 'w') as f:
         f.write('yes')
     cleaner.umount(mnt)
-    assert _device_size(device) == 32 * MiB
+    assert host.device_size(device) == 32 * MiB
     # Unmounted, the same call succeeds.
     assert conn.extend_volume(props) == 64 * MiB
-    assert _device_size(device) == 64 * MiB
+    assert host.device_size(device) == 64 * MiB
     mnt = cleaner.mount(device, tmp_path / 'mnt')
     with open(os.path.join(mnt, 'still-works')) as f:
         assert f.read() == 'yes'
     cleaner.umount(mnt)
     conn.disconnect_volume(props, None)
-    _nothing_left(run_dir)
+    host.nothing_left(run_dir)
