@@ -10,16 +10,20 @@ The Cinder fixtures are per session (``etcd`` is in tests/conftest.py):
   ``transport_url`` is the session's vhost;
 - ``mariadb``: a private MariaDB (tests/fixtures/mariadb.py);
   ``create_database(name)`` returns a SQLAlchemy URL;
-- ``cinder_node``: the storage node behind Cinder (an 8G pool);
+- ``cinder_node``: the storage node behind Cinder (a 64G sparse pool);
+- ``glance``: glance-api without Keystone, a file store, its database on
+  ``mariadb`` (tests/fixtures/glance.py): ``glance.client()`` is a
+  python-glanceclient Client calling as Cinder does, ``url``;
 - ``cinder``: cinder-api, cinder-scheduler and cinder-volume with our
-  LVM-style backend over ``cinder_node`` (tests/fixtures/cinder.py):
+  LVM-style backend over ``cinder_node``, its image service ``glance``
+  (tests/fixtures/cinder.py):
   ``cinder.client()`` is a python-cinderclient Client,
   ``restart_volume_service()``, ``log_tails()``, ``node``, ``backend``;
 - ``cinder_client``: ``cinder.client()``.
 
 How long each took to start is printed at the end of the run, and a
 failing test that used ``cinder`` gets the end of the services' logs in
-its report.
+its report (and of glance-api's, if it used ``glance``).
 """
 
 import time
@@ -27,6 +31,7 @@ import time
 import pytest
 
 from tests.fixtures import cinder as cinder_mod
+from tests.fixtures import glance as glance_mod
 from tests.fixtures import mariadb as mariadb_mod
 from tests.fixtures import node as node_mod
 from tests.fixtures import rabbitmq as rabbitmq_mod
@@ -86,7 +91,7 @@ def cinder_node(tmp_path_factory, pytestconfig):
     """The storage-node service behind the session's Cinder."""
     begin = time.monotonic()
     node = node_mod.NodeProcess(tmp_path_factory.mktemp('cinder-node'),
-                                'cinder-node', pool_size='8G').start()
+                                'cinder-node', pool_size='64G').start()
     _record(pytestconfig, 'storage node', time.monotonic() - begin)
     try:
         yield node
@@ -95,15 +100,29 @@ def cinder_node(tmp_path_factory, pytestconfig):
 
 
 @pytest.fixture(scope='session')
+def glance(tmp_path_factory, pytestconfig, mariadb):
+    """glance-api (no Keystone, a file store), ready."""
+    server = glance_mod.Glance(tmp_path_factory.mktemp('glance'),
+                               database_url=mariadb.create_database('glance'))
+    try:
+        server.start()
+        for step, seconds in server.timings.items():
+            _record(pytestconfig, 'glance ' + step, seconds)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope='session')
 def cinder(tmp_path_factory, pytestconfig, rabbitmq, mariadb, etcd,
-           cinder_node):
+           cinder_node, glance):
     """cinder-api, -scheduler and -volume with our backend, ready."""
     services = cinder_mod.Cinder(
         tmp_path_factory.mktemp('cinder'),
         transport_url=rabbitmq.transport_url,
         database_url=mariadb.create_database('cinder'),
         coordination_url='etcd3+' + etcd.client_url,
-        node=cinder_node)
+        node=cinder_node, glance_url=glance.url)
     try:
         services.start()
         for step, seconds in services.timings.items():
@@ -125,9 +144,14 @@ def cinder_client(cinder):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    services = getattr(item, 'funcargs', {}).get('cinder')
+    funcargs = getattr(item, 'funcargs', {})
+    services = funcargs.get('cinder')
     if report.failed and isinstance(services, cinder_mod.Cinder):
         report.sections.append(('Cinder service logs', services.log_tails()))
+    images = funcargs.get('glance')
+    if report.failed and isinstance(images, glance_mod.Glance):
+        report.sections.append(('glance-api log (%s)' % images.log_path(),
+                                images.log_tail()))
 
 
 def pytest_terminal_summary(terminalreporter, config):

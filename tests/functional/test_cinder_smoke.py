@@ -47,7 +47,7 @@ def test_volume_service_of_our_backend_is_up(cinder, cinder_client):
     pools = [p for p in cinder_client.pools.list(detailed=True)
              if p.name.startswith(cinder.volume_host + '#')]
     assert [p.volume_backend_name for p in pools] == [cinder.backend]
-    assert pools[0].total_capacity_gb == pytest.approx(8, abs=0.5)
+    assert pools[0].total_capacity_gb == pytest.approx(64, abs=0.5)
 
 
 def test_volume_becomes_available_and_is_deleted(cinder, cinder_client):
