@@ -53,8 +53,16 @@ def node_factory(tmp_path):
         return node.start() if start else node
 
     yield make
+    # Every node is stopped even if stopping one of them fails (which
+    # fails the test, after the others are gone).
+    failed = []
     for node in started:
-        node.stop()
+        try:
+            node.stop()
+        except BaseException as exc:      # pytest.fail is not Exception
+            failed.append(exc)
+    if failed:
+        raise failed[0]
 
 
 @pytest.fixture
