@@ -34,6 +34,7 @@ import tenacity
 import urllib3
 
 from storage_engine import errors
+from storage_engine import httpfaults
 # Imported for its side effect: its classes join the code table.
 from storage_engine.metastore import errors as _metastore_errors  # noqa
 from storage_engine import names
@@ -137,26 +138,6 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _never_sent(exc: BaseException) -> bool:
-    """True if ``exc`` says the request cannot have reached the node."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    seen = set()
-    stack: list[Any] = [exc]
-    while stack:
-        current = stack.pop()
-        if not isinstance(current, BaseException) or id(current) in seen:
-            continue
-        seen.add(id(current))
-        # NewConnectionError (refused, no route, no name) derives from it.
-        if isinstance(current, urllib3.exceptions.ConnectTimeoutError):
-            return True
-        stack.extend((current.__cause__, current.__context__,
-                      getattr(current, 'reason', None)))
-        stack.extend(current.args)
-    return False
-
-
 class _Retry503(Exception):
     """A 503 answer, raised inside the retry loop so tenacity sees it."""
 
@@ -217,7 +198,7 @@ class Client:
                 # A certificate that does not verify will not start to.
                 return False
             if isinstance(exc, requests.ConnectionError):
-                return idempotent or _never_sent(exc)
+                return idempotent or httpfaults.never_sent(exc)
             return False
 
         def log(state: tenacity.RetryCallState) -> None:
@@ -259,7 +240,7 @@ class Client:
                     method, url, params=params, json=body, headers=headers,
                     timeout=self.timeout, verify=self.verify)
             except requests.ConnectionError as exc:
-                reached = reached or not _never_sent(exc)
+                reached = reached or not httpfaults.never_sent(exc)
                 raise
             if response.status_code == 503:
                 raise _Retry503(response)
@@ -279,7 +260,7 @@ class Client:
         except requests.ConnectionError as exc:
             message = 'storage node at %s is unreachable: %s' % (
                 self.url, _reason(exc))
-            if not idempotent and not _never_sent(exc):
+            if not idempotent and not httpfaults.never_sent(exc):
                 message += ('; the request may or may not have been carried '
                             'out')
             raise errors.Unavailable(message, url=url) from exc

@@ -35,10 +35,9 @@ import urllib.parse
 
 import etcd3gw
 from etcd3gw import exceptions as etcd_exceptions
-import requests
 import tenacity
-import urllib3
 
+from storage_engine import httpfaults
 from storage_engine.metastore import base
 from storage_engine.metastore import errors
 
@@ -62,28 +61,9 @@ def _unb64(data: str) -> bytes:
 
 
 def _never_sent(exc: BaseException) -> bool:
-    """True if ``exc`` says the request never reached etcd.
-
-    etcd3gw wraps requests' exception, which wraps urllib3's: look through
-    the chain for a failure to *establish* the connection (urllib3's
-    NewConnectionError is a ConnectTimeoutError).
-    """
-    if not isinstance(exc, _CONNECTION_ERRORS):
-        return False
-    seen = set()
-    stack: list[Any] = [exc]
-    while stack:
-        current = stack.pop()
-        if not isinstance(current, BaseException) or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, (requests.exceptions.ConnectTimeout,
-                                urllib3.exceptions.ConnectTimeoutError)):
-            return True
-        stack.extend((current.__cause__, current.__context__,
-                      getattr(current, 'reason', None)))
-        stack.extend(current.args)
-    return False
+    """True if ``exc`` says the request never reached etcd."""
+    return isinstance(exc, _CONNECTION_ERRORS) and \
+        httpfaults.never_sent(exc)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -690,13 +690,7 @@ class Node:
             self._refuse_if_exported(ident, info.name)
             # Refused while clones read through it: say so before marking
             # the record, so a refusal changes nothing.
-            clones = self.pools[pool].clones_of(ident)
-            if clones:
-                raise errors.SnapshotHasClones(
-                    'snapshot %s has clones (%s); delete or flatten them '
-                    'first' % (info.name,
-                               ', '.join(sorted(c.name for c in clones))),
-                    clones=[c.id for c in clones])
+            self.pools[pool].check_snapshot_deletable(ident)
             self._settle(ident, state=DELETING)
             self._finish_delete(pool, ident, info.name, SNAPSHOT)
             LOG.info('deleted snapshot %s (%s)', info.name, ident)

@@ -944,25 +944,30 @@ class VolumeGroup:
         return [v for v in self.state.dependents(snap)
                 if v.origin_vid == snap.vid]
 
-    def clones_of(self, snapshot: str) -> list[info.VolumeInfo]:
-        """The clones that keep ``snapshot`` from being deleted."""
-        self._check_usable()
+    def _refuse_if_cloned(self, snap) -> None:
+        clones = self._clones_of(snap)
+        if clones:
+            raise errors.SnapshotHasClones(
+                'snapshot %s has clones (%s); delete or flatten them '
+                'first' % (snap.name,
+                           ', '.join(sorted(c.name for c in clones))),
+                clones=[c.id for c in clones])
+
+    def check_snapshot_deletable(self, snapshot: str) -> None:
+        """Raise what :meth:`delete_snapshot` would refuse with, changing
+        nothing (callers with state of their own ask first).
+        """
+        self._check_usable(write=True)
         with self._meta_lock:
-            snap = self._lookup(snapshot, state_mod.SNAPSHOT)
-            return [self._info(v) for v in self._clones_of(snap)]
+            self._refuse_if_cloned(self._lookup(snapshot,
+                                                state_mod.SNAPSHOT))
 
     def delete_snapshot(self, ref: str) -> None:
         """Delete a snapshot; refused while clones still depend on it."""
         self._check_usable(write=True)
         with self._meta_lock:
             snap = self._lookup(ref, state_mod.SNAPSHOT)
-            clones = self._clones_of(snap)
-            if clones:
-                raise errors.SnapshotHasClones(
-                    'snapshot %s has clones (%s); delete or flatten them '
-                    'first' % (snap.name,
-                               ', '.join(sorted(c.name for c in clones))),
-                    clones=[c.id for c in clones])
+            self._refuse_if_cloned(snap)
 
         def touched():
             # The snapshot itself (exported read-only, say) and the volume

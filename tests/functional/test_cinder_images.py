@@ -36,6 +36,7 @@ from os_brick_connectors import nbd as brick_nbd
 from storage_engine import errors
 from storage_engine.nbd import client as nbd_client
 from storage_engine import units
+from tests.fixtures import waiting
 
 TIMEOUT = 300.0
 # Not a whole number of MiB, nor of the 4 MiB chunks read below.
@@ -47,22 +48,11 @@ HOST = '127.0.0.1'
 
 
 def _wait(what, check, timeout=TIMEOUT, logs=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail('%s: not after %ds\n%s'
-                        % (what, timeout, logs() if logs else ''))
-        time.sleep(0.25)
+    return waiting.wait_for(what, check, timeout, poll=0.25, logs=logs)
 
 
 def _volume_status(client, volume_id):
-    try:
-        return client.volumes.get(volume_id).status
-    except cinder_exc.NotFound:
-        return 'deleted'
+    return waiting.cinder_status(client, volume_id)
 
 
 def _image_status(glance_client, image_id):

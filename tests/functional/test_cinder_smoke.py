@@ -7,33 +7,21 @@ service of our backend is up, and a volume goes from 'creating' to
 'available' and is gone after a delete, its engine volume with it.
 """
 
-import time
-
-from cinderclient import exceptions as cinder_exc
 import pytest
 
 from storage_engine import errors
 from storage_engine import units
+from tests.fixtures import waiting
 
 TIMEOUT = 120.0
 
 
-def _wait(what, check, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail('%s: not after %ds' % (what, timeout))
-        time.sleep(0.2)
+def _wait(what, check):
+    return waiting.wait_for(what, check, TIMEOUT)
 
 
 def _status(client, volume_id):
-    try:
-        return client.volumes.get(volume_id).status
-    except cinder_exc.NotFound:
-        return 'deleted'
+    return waiting.cinder_status(client, volume_id)
 
 
 def test_volume_service_of_our_backend_is_up(cinder, cinder_client):

@@ -9,14 +9,13 @@ nbdfuse and a loop device, a real /dev/loopN), then a filesystem on it.
 """
 
 import os
-import time
 
-from cinderclient import exceptions as cinder_exc
 import pytest
 
 from storage_engine import errors
 from storage_engine import units
 from tests.fixtures import host
+from tests.fixtures import waiting
 
 TIMEOUT = 180.0
 GiB = units.Gi
@@ -24,21 +23,11 @@ MiB = units.Mi
 
 
 def _wait(what, check, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail('%s: not after %ds' % (what, timeout))
-        time.sleep(0.2)
+    return waiting.wait_for(what, check, timeout)
 
 
-def _status(client, volume_id, manager='volumes'):
-    try:
-        return getattr(client, manager).get(volume_id).status
-    except cinder_exc.NotFound:
-        return 'deleted'
+def _status(client, ident, manager='volumes'):
+    return waiting.cinder_status(client, ident, manager)
 
 
 def _settled(client, obj, wanted='available', manager='volumes',

@@ -622,3 +622,16 @@ def test_flatten_without_space_is_refused(tmp_path):
         with refused(vg, errors.NoSpace, 'c', 'vg0'):
             vg.flatten('c')
         assert vg.get('c').parent_id == vg.get('s').id
+
+
+def test_check_snapshot_deletable_says_what_delete_would(vg):
+    vg.create_volume('v', 16 * CS)
+    vg.create_snapshot('v', 's')
+    vg.check_snapshot_deletable('s')          # no clones: fine
+    vg.clone('s', 'c')
+    with refused(vg, errors.SnapshotHasClones, 's', 'c'):
+        vg.check_snapshot_deletable('s')
+    with refused(vg, errors.SnapshotHasClones, 's', 'c'):
+        vg.delete_snapshot('s')
+    with refused(vg, errors.WrongKind):
+        vg.check_snapshot_deletable('v')
