@@ -21,9 +21,21 @@ from storage_engine import units
 
 from cinder_drivers import lvm
 
-objects.register_all()
 GiB = units.Gi
-CTX = cinder_context.get_admin_context()
+CTX = None
+
+
+@pytest.fixture(scope='module', autouse=True)
+def cinder_objects():
+    """Cinder's object classes, registered when these tests run.
+
+    Not at import: registering imports most of Cinder, and done while
+    pytest collects it left the in-process HTTP servers of the unit tests
+    (tests/unit/cannedhttp.py), which run first, unable to answer.
+    """
+    global CTX
+    objects.register_all()
+    CTX = cinder_context.get_admin_context()
 
 
 def _conf(node, group):
