@@ -12,6 +12,7 @@ import requests
 
 from tests.fixtures.etcd import free_port
 from tests.fixtures.node import free_port_range
+from tests.fixtures import processes
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -28,11 +29,7 @@ def bash(script, env):
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open('/proc/%d/stat' % pid) as stat:
-            return stat.read().rpartition(')')[2].split()[0] != 'Z'
-    except OSError:
-        return False
+    return processes.alive(pid)
 
 
 def test_node_starts_answers_and_stops_by_its_pid_file(tmp_path):

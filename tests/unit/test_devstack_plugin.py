@@ -22,6 +22,7 @@ import requests
 
 from tests.fixtures.etcd import free_port
 from tests.fixtures.node import free_port_range
+from tests.fixtures import processes
 from tests.unit.test_devstack_lib import parsed
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -221,11 +222,7 @@ class Devstack:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open('/proc/%d/stat' % pid) as stat:
-            return stat.read().rpartition(')')[2].split()[0] != 'Z'
-    except OSError:
-        return False
+    return processes.alive(pid)
 
 
 def _kill(devstack, pids=()) -> None:
