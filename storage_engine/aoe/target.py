@@ -37,7 +37,6 @@ last ``cache_size`` requests.
 
 import collections
 import dataclasses
-import hashlib
 import typing
 
 from storage_engine.aoe import wire
@@ -72,10 +71,13 @@ class Export:
 class Request:
     """A request handed to the I/O layer, to be answered by complete()."""
 
-    frame: wire.Frame
+    #: the parsed frame; None for reads and writes taken by the fast path
+    frame: typing.Optional[wire.Frame]
     export: Export
     key: tuple
-    digest: bytes
+    digest: int
+    #: the frame as received
+    raw: bytes = b''
 
 
 @dataclasses.dataclass
@@ -145,8 +147,18 @@ def identify_data(sectors: int, serial: str, model: str,
     return bytes(data)
 
 
-def _digest(frame: bytes) -> bytes:
-    return hashlib.blake2b(frame, digest_size=16).digest()
+# Offsets in a received ATA request (Ethernet header included).
+_AT_VERFLAGS, _AT_SHELF, _AT_SLOT, _AT_COMMAND, _AT_TAG = 14, 16, 18, 19, 20
+_AT_AFLAGS, _AT_COUNT, _AT_CMD, _AT_LBA, _AT_DATA = 24, 26, 27, 28, 36
+_FAST_CMDS = (wire.ATA_READ_EXT, wire.ATA_WRITE_EXT)
+_ETH_AOE = wire.ETH_P_AOE.to_bytes(2, 'big')
+
+
+def _digest(frame: bytes) -> int:
+    # Tells a retransmission (the same bytes) from a new request that
+    # reuses a tag. Python's bytes hash is keyed SipHash, randomised per
+    # process, so a peer cannot make two requests collide on purpose.
+    return hash(frame)
 
 
 class TargetCore:
@@ -158,6 +170,7 @@ class TargetCore:
             raise ValueError('shelf %r is not in 0..65534' % (shelf,))
         self.mac = bytes(mac)
         self.shelf = shelf
+        self._shelf_bytes = shelf.to_bytes(2, 'big')
         self.sectors_per_frame = wire.sectors_per_frame(mtu)
         if self.sectors_per_frame < 2:
             raise ValueError('MTU %d carries fewer than 2 sectors per frame'
@@ -217,6 +230,22 @@ class TargetCore:
 
     def receive(self, raw: bytes) -> typing.List[Event]:
         """The events one received frame causes (often none)."""
+        raw = bytes(raw)
+        if (len(raw) >= _AT_DATA and raw[_AT_CMD] in _FAST_CMDS and
+                raw[_AT_VERFLAGS] == wire.VERSION << 4 and
+                raw[_AT_COMMAND] == wire.CMD_ATA and
+                raw[12:14] == _ETH_AOE and raw[:6] == self.mac and
+                raw[_AT_SHELF:_AT_SLOT] == self._shelf_bytes):
+            # The fast path: a unicast LBA48 read or write. Everything
+            # else (errors included) goes the general way.
+            export = self._exports.get(raw[_AT_SLOT])
+            src = raw[6:12]
+            if export is None or src not in export.macs:
+                return []
+            if not export.reserve or src in export.reserve:
+                return self._request(
+                    None, export, src,
+                    int.from_bytes(raw[_AT_TAG:_AT_AFLAGS], 'big'), raw)
         try:
             frame = wire.parse(raw)
         except wire.FrameError:
@@ -242,12 +271,13 @@ class TargetCore:
             return []
         events: typing.List[Event] = []
         for export in targets:
-            events.extend(self._receive_one(frame, export, bytes(raw)))
+            events.extend(self._request(frame, export, frame.src, frame.tag,
+                                        raw))
         return events
 
-    def _receive_one(self, frame: wire.Frame, export: Export,
-                     raw: bytes) -> typing.List[Event]:
-        key = (frame.src, frame.shelf, export.slot, frame.tag)
+    def _request(self, frame: typing.Optional[wire.Frame], export: Export,
+                 src: bytes, tag: int, raw: bytes) -> typing.List[Event]:
+        key = (src, self.shelf, export.slot, tag)
         digest = _digest(raw)
         if self._inflight.get(key) == digest:
             return []                   # the first one's reply will do
@@ -255,7 +285,9 @@ class TargetCore:
         if answered is not None and answered[0] == digest:
             return [Send(answered[1])]
         request = Request(frame=frame, export=export, key=key,
-                          digest=digest)
+                          digest=digest, raw=raw)
+        if frame is None:
+            return self._rw(request)
         if frame.version != wire.VERSION:
             return self._answer(request, self._error(request,
                                                      wire.ERR_VERSION))
@@ -313,14 +345,12 @@ class TargetCore:
             del self._inflight[request.key]
         if self._exports.get(request.export.slot) is not request.export:
             return None
-        ata: wire.Ata = request.frame.args
-        read = ata.cmd_status in (wire.ATA_READ, wire.ATA_READ_EXT)
+        read = request.raw[_AT_CMD] in (wire.ATA_READ, wire.ATA_READ_EXT)
         if error is not None:
             reply = self._ata_reply(
-                request, ata,
-                wire.ATA_ERR_UNC if read else wire.ATA_ERR_ABRT)
+                request, wire.ATA_ERR_UNC if read else wire.ATA_ERR_ABRT)
         else:
-            reply = self._ata_reply(request, ata, 0, data or b'')
+            reply = self._ata_reply(request, 0, data or b'')
         if not read:
             # Writes and flushes are replayed, never run twice.
             self._remember(request, reply)
@@ -328,13 +358,20 @@ class TargetCore:
 
     # -- ATA ------------------------------------------------------------------
 
-    def _ata_reply(self, request: Request, ata: wire.Ata, ata_error: int,
+    def _ata_reply(self, request: Request, ata_error: int,
                    data: bytes = b'') -> bytes:
+        """The reply to an ATA request, built from its bytes: the request's
+        flags, count and LBA echoed, the status and error set, ``data``.
+        """
+        raw = request.raw
         status = wire.STATUS_DRDY | (wire.STATUS_ERR if ata_error else 0)
-        args = wire.Ata(aflags=ata.aflags, err_feature=ata_error,
-                        sector_count=ata.sector_count, cmd_status=status,
-                        lba=ata.lba, data=bytes(data))
-        return self._reply(request, args)
+        return wire.pad(b''.join((
+            raw[6:12], self.mac, _ETH_AOE,
+            bytes(((wire.VERSION << 4) | wire.FLAG_RESPONSE, 0)),
+            self._shelf_bytes, bytes((request.export.slot, wire.CMD_ATA)),
+            raw[_AT_TAG:_AT_AFLAGS + 1], bytes((ata_error,)),
+            raw[_AT_COUNT:_AT_CMD], bytes((status,)),
+            raw[_AT_LBA:_AT_DATA - 2], b'\0\0', data)))
 
     def _ata(self, request: Request) -> typing.List[Event]:
         export = request.export
@@ -345,12 +382,11 @@ class TargetCore:
         cmd = ata.cmd_status
         if cmd == wire.ATA_IDENTIFY:
             return self._answer(request, self._ata_reply(
-                request, ata, 0, identify_data(export.sectors,
-                                               export.serial,
-                                               export.model)))
+                request, 0, identify_data(export.sectors, export.serial,
+                                          export.model)))
         if cmd in (wire.ATA_READ, wire.ATA_READ_EXT, wire.ATA_WRITE,
                    wire.ATA_WRITE_EXT):
-            return self._rw(request, ata)
+            return self._rw(request)
         if cmd in (wire.ATA_FLUSH, wire.ATA_FLUSH_EXT):
             return self._start(request, Flush(request, export.slot))
         if cmd == wire.ATA_CHECK_POWER:
@@ -358,32 +394,38 @@ class TargetCore:
                 aflags=ata.aflags, sector_count=0xFF,
                 cmd_status=wire.STATUS_DRDY, lba=ata.lba)))
         if cmd == wire.ATA_SET_FEATURES:
-            return self._answer(request, self._ata_reply(request, ata, 0))
-        return self._answer(request, self._ata_reply(request, ata,
+            return self._answer(request, self._ata_reply(request, 0))
+        return self._answer(request, self._ata_reply(request,
                                                      wire.ATA_ERR_ABRT))
 
-    def _rw(self, request: Request, ata: wire.Ata) -> typing.List[Event]:
-        export = request.export
-        write = ata.cmd_status in (wire.ATA_WRITE, wire.ATA_WRITE_EXT)
-        extended = ata.cmd_status in (wire.ATA_READ_EXT, wire.ATA_WRITE_EXT)
-        count = ata.sector_count
-        lba = ata.lba if extended else ata.lba & 0x0FFFFFFF
-        if (extended != ata.extended or write != ata.write or count == 0
+    def _rw(self, request: Request) -> typing.List[Event]:
+        """READ/WRITE SECTORS (EXT), from the request's bytes (both paths
+        come here).
+        """
+        export, raw = request.export, request.raw
+        cmd, aflags, count = raw[_AT_CMD], raw[_AT_AFLAGS], raw[_AT_COUNT]
+        write = cmd in (wire.ATA_WRITE, wire.ATA_WRITE_EXT)
+        extended = cmd in (wire.ATA_READ_EXT, wire.ATA_WRITE_EXT)
+        lba = int.from_bytes(raw[_AT_LBA:_AT_DATA - 2], 'little')
+        if not extended:
+            lba &= 0x0FFFFFFF
+        if (extended != bool(aflags & wire.AFLAG_EXTENDED) or
+                write != bool(aflags & wire.AFLAG_WRITE) or count == 0
                 or count > self.sectors_per_frame):
             return self._answer(request, self._ata_reply(
-                request, ata, wire.ATA_ERR_ABRT))
+                request, wire.ATA_ERR_ABRT))
         if lba + count > export.sectors:
             return self._answer(request, self._ata_reply(
-                request, ata, wire.ATA_ERR_IDNF))
+                request, wire.ATA_ERR_IDNF))
         offset, length = lba * wire.SECTOR, count * wire.SECTOR
         if not write:
             return self._start(request, Read(request, export.slot, offset,
                                              length))
-        if export.read_only or len(ata.data) < length:
+        if export.read_only or len(raw) < _AT_DATA + length:
             return self._answer(request, self._ata_reply(
-                request, ata, wire.ATA_ERR_ABRT))
+                request, wire.ATA_ERR_ABRT))
         return self._start(request, Write(request, export.slot, offset,
-                                          ata.data[:length]))
+                                          raw[_AT_DATA:_AT_DATA + length]))
 
     # -- Query Config ---------------------------------------------------------
 

@@ -9,6 +9,7 @@ what it was.
 
 import os
 import random
+import time
 
 from storage_engine.aoe import client as aoe_client
 from storage_engine.aoe import initiator
@@ -79,6 +80,18 @@ def test_fuzzed_frames_never_crash_the_target(veth_pair, tmp_path):
                     sock.send(frame)
                 except OSError:
                     pass                # ENOBUFS: the veth was full
+            # The fuzz may have reserved slot 1 for MACs of its own making:
+            # take it back, as an operator would, after every fuzzed frame
+            # (the target reads frames in order; the client's discovery
+            # below is answered only after this).
+            release = initiator.InitiatorCore(mac, SHELF, 1, target_mac)
+            while True:
+                try:
+                    sock.send(release.reserve(
+                        0, wire.RESERVE_FORCE_SET).frame)
+                    break
+                except OSError:
+                    time.sleep(0.01)
         finally:
             sock.close()
         # Still serving, and slot 2 untouched.
