@@ -150,11 +150,11 @@ class AoEClient:
             if exc.errno != errno.ENOBUFS:      # resent at its timeout
                 raise
 
-    def _one(self, make) -> wire.Frame:
+    def _one(self, make, command: int = 0) -> wire.Frame:
         replies = []
         with self._lock:
             self._run(iter([make]), lambda _p, f: replies.append(f))
-        return core_mod.check(replies[0])
+        return core_mod.check(replies[0], command)
 
     # -- commands -------------------------------------------------------------
 
@@ -169,7 +169,7 @@ class AoEClient:
 
     def identify(self) -> dict:
         frame = self._one(lambda now: self._core.ata(
-            now, wire.ATA_IDENTIFY, count=1))
+            now, wire.ATA_IDENTIFY, count=1), wire.ATA_IDENTIFY)
         data = frame.args.data[:512]
         if len(data) < 512:
             raise AoEError(wire.ERR_ARGUMENT)
@@ -225,7 +225,7 @@ class AoEClient:
 
         def got(pending, frame):
             try:
-                core_mod.check(frame)
+                core_mod.check(frame, wire.ATA_READ_EXT)
             except IOError as exc:
                 failures.append(exc)
                 return
@@ -257,7 +257,7 @@ class AoEClient:
 
         def got(_pending, frame):
             try:
-                core_mod.check(frame)
+                core_mod.check(frame, wire.ATA_WRITE_EXT)
             except IOError as exc:
                 failures.append(exc)
 
@@ -268,4 +268,7 @@ class AoEClient:
             raise failures[0]
 
     def flush(self) -> None:
-        self._one(lambda now: self._core.ata(now, wire.ATA_FLUSH_EXT))
+        # FLUSH CACHE, not its EXT form: it has no LBA, means the same, and
+        # every target has it (vblade aborts FLUSH CACHE EXT).
+        self._one(lambda now: self._core.ata(now, wire.ATA_FLUSH),
+                  wire.ATA_FLUSH)
