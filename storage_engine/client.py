@@ -463,7 +463,12 @@ class Client:
     def create_export(self, volume_id: str, hosts: list[str],
                       read_only: bool = False, protocol: str = 'nbd',
                       id: str | None = None) -> dict:
-        """Export a volume (or, read-only, a snapshot) to ``hosts``."""
+        """Export a volume (or, read-only, a snapshot) to ``hosts``: IP
+        addresses or networks with protocol ``nbd``, initiators' MAC
+        addresses with ``aoe`` (the node must serve AoE). The answer's
+        ``connection`` says how to reach it (NBD: host, port,
+        export_name; AoE: shelf, slot, the target's mac, interface).
+        """
         if isinstance(hosts, str):
             hosts = [hosts]
         return self._json('POST', '/exports',

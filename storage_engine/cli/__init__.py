@@ -22,7 +22,7 @@ these options may come before or after the command)::
     storage-engine snapshot create VOLUME_REF NAME [--id UUID]
     storage-engine export list [--volume REF] | show ID | delete ID
     storage-engine export create REF --host H [--host H ...] [--read-only]
-                                 [--id UUID]
+                                 [--protocol nbd|aoe] [--id UUID]
     storage-engine job list | show ID
 
 REF is an id or a name; SIZE is bytes or 10G, 512M... (binary units).

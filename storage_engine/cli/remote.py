@@ -37,8 +37,15 @@ def _source(volume: dict) -> str | None:
     return None
 
 
+def _aoe_address(c: dict) -> str:
+    """An AoE device's name, as the Linux driver has it: e<shelf>.<slot>."""
+    return 'e%s.%s' % (c.get('shelf'), c.get('slot'))
+
+
 def _endpoint(export: dict) -> str:
     c = export.get('connection') or {}
+    if c.get('protocol') == 'aoe':
+        return 'aoe://%s/%s' % (c.get('interface'), _aoe_address(c))
     return '%s://%s:%s/%s' % (c.get('protocol', 'nbd'), c.get('host'),
                               c.get('port'), c.get('export_name'))
 
@@ -102,12 +109,19 @@ def export_row(e: dict) -> list:
 
 def show_export(e: dict) -> None:
     c = e.get('connection') or {}
+    if c.get('protocol') == 'aoe':
+        address = [('shelf.slot', '%s.%s' % (c.get('shelf'), c.get('slot'))),
+                   ('target mac', c.get('mac')),
+                   ('interface', c.get('interface'))]
+    else:
+        address = [('export name', c.get('export_name')),
+                   ('tls', c.get('tls_mode'))]
     output.fields([
         ('id', e['id']), ('volume', e['volume_id']),
         ('protocol', e['protocol']), ('hosts', ', '.join(e['hosts'])),
         ('access', 'read-only' if e['read_only'] else 'read-write'),
-        ('endpoint', _endpoint(e)), ('export name', c.get('export_name')),
-        ('tls', c.get('tls_mode')), ('created', e['created_at'])])
+        ('endpoint', _endpoint(e))] + address +
+        [('created', e['created_at'])])
 
 
 JOB_HEADERS = ['ID', 'KIND', 'VOLUME', 'STATE', 'PROGRESS', 'CREATED',
@@ -152,13 +166,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     def human(d: dict) -> None:
         n, stats = d['node'], d['node']['stats']
-        cap, nbd = stats['capacity'], n['nbd']
+        cap, nbd, aoe = stats['capacity'], n['nbd'], n.get('aoe')
         output.fields([
             ('node', '%s (version %s), up %s' % (
                 n['name'], n['version'], output.duration(n['uptime']))),
             ('ready', 'yes' if d['ready'] else 'no: %s' % not_ready),
             ('nbd', '%s:%s (tls %s)' % (nbd['host'], nbd['port'],
                                         nbd['tls_mode'])),
+            ('aoe', 'shelf %s on %s (%s)'
+             % (aoe['shelf'], aoe['interface'], aoe['mac'])
+             if aoe else 'off'),
             ('capacity', 'total %s, free %s, allocated %s, provisioned %s'
              % tuple(output.size(cap[k]) for k in
                      ('total', 'free', 'allocated', 'provisioned'))),
@@ -348,7 +365,8 @@ def cmd_export_create(args: argparse.Namespace) -> int:
     export_id = names.check_id(args.id) if args.id else None
     output.emit(args.format, client.create_export(
         refs.volume_or_snapshot_id(client, args.ref), args.hosts,
-        read_only=args.read_only, id=export_id), show_export)
+        read_only=args.read_only, protocol=args.protocol, id=export_id),
+        show_export)
     return exits.OK
 
 
@@ -450,7 +468,8 @@ def add_parsers(sub, parents: list[argparse.ArgumentParser]) -> None:
     leaf(snaps, 'delete', cmd_snapshot_delete,
          'delete a snapshot').add_argument('ref', metavar='REF')
 
-    exports = resource('export', 'exports (NBD) of volumes and snapshots')
+    exports = resource('export',
+                       'exports (NBD, AoE) of volumes and snapshots')
     p = leaf(exports, 'list', cmd_export_list,
              'exports, or those of one volume or snapshot')
     p.add_argument('--volume', metavar='REF')
@@ -459,8 +478,12 @@ def add_parsers(sub, parents: list[argparse.ArgumentParser]) -> None:
              'export a volume (or, read-only, a snapshot) to hosts')
     p.add_argument('ref', metavar='REF', help='volume or snapshot')
     p.add_argument('--host', dest='hosts', action='append', required=True,
-                   metavar='H', help='an address or network admitted '
-                                     '(repeat for more)')
+                   metavar='H', help='a host admitted (repeat for more): '
+                                     'an IP address or network for nbd, a '
+                                     'MAC address for aoe')
+    p.add_argument('--protocol', choices=['nbd', 'aoe'], default='nbd',
+                   help='nbd (default), or aoe (ATA over Ethernet, on a '
+                        'node with [aoe] interface)')
     p.add_argument('--read-only', action='store_true')
     p.add_argument('--id', metavar='UUID')
     leaf(exports, 'delete', cmd_export_delete,

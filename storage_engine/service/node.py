@@ -17,9 +17,12 @@ and what must survive a restart outside the groups:
                    and the create request it came from (for idempotency)
 ``names/<name>``   the id holding a name (volume and snapshot names are
                    unique in the cluster)
-``exports/<id>``   an export: volume, admitted hosts, NBD export name
+``exports/<id>``   an export: volume, protocol, admitted hosts and its
+                   address (NBD: export name; AoE: shelf and slot)
 ``jobs/<id>``      a long-running job (flatten), resumed after a restart
 ``nodes/<node>``   the node's NBD endpoint, ``ports/<host>/<port>`` its port
+``aoe/shelves/<shelf>``       the node's AoE shelf (claimed at start)
+``aoe/slots/<shelf>/<slot>``  the slot of one AoE export
 
 Every change claims its store keys first (``create`` is atomic across
 nodes), then changes the volume group, then marks the record done, and
@@ -27,12 +30,18 @@ undoes the claims if the group refuses. A crash between the steps leaves a
 record in ``creating`` or ``deleting``, or a name claimed by nobody;
 :meth:`Node.start` finishes or undoes each of those by comparing the
 records with the groups, before the node serves anything.
+
+Exports go the same way: an exporter whose exports need a number of their
+own (an AoE slot) has :class:`Addresses`; the number is claimed before the
+export's record is written and given back after the record is deleted,
+and a claim that no record holds (a crash between the two) is given back
+at start.
 """
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime
-import ipaddress
 import threading
 import time
 import typing
@@ -67,23 +76,61 @@ def iso_time(ts: float | None) -> str | None:
         ts, datetime.timezone.utc).isoformat().replace('+00:00', 'Z')
 
 
+@dataclasses.dataclass(frozen=True)
+class Addresses:
+    """The numbers one exporter tells its exports apart by (the AoE slots
+    of the node's shelf).
+
+    Each export claims one number under ``prefix`` in the metadata store
+    (atomic across the nodes sharing it), and its record holds it as
+    ``field``. ``name`` says what the numbers are, for messages.
+    """
+
+    prefix: str
+    numbers: range
+    field: str
+    name: str
+
+
 class Exporter(typing.Protocol):
-    """What the node needs from the export transport (see exports.py)."""
+    """What the node needs from an export transport (nbd_exporter.py,
+    aoe_exporter.py). Methods are called from the node's worker threads.
+    """
 
+    #: the ``protocol`` of the exports it serves: 'nbd', 'aoe'
     protocol: str
-    host: str
-    port: int
-    tls_mode: str
+    #: the numbers its exports claim in the store, or None
+    addresses: Addresses | None
 
-    def publish(self, name: str, backend, hosts: list[str],
-                read_only: bool, description: str) -> None:
-        """Serve ``backend`` as ``name`` to ``hosts`` only."""
+    def check_hosts(self, hosts: list) -> list[str]:
+        """``hosts`` checked and normalised (InvalidArgument names the
+        first bad one).
+        """
 
-    def withdraw(self, name: str) -> None:
-        """Stop serving ``name`` and disconnect its clients."""
+    def address(self, ident: str, number: int | None) -> dict:
+        """The record fields that address export ``ident``, given the
+        number it claimed (None without ``addresses``).
+        """
+
+    def publish(self, ident: str, rec: dict, backend,
+                description: str) -> None:
+        """Serve ``backend`` as the export of record ``rec``, to its
+        ``hosts`` only.
+        """
+
+    def withdraw(self, ident: str, rec: dict) -> None:
+        """Stop serving the export of ``rec`` and cut off its clients."""
+
+    def connection(self, rec: dict) -> dict:
+        """How a client reaches the export of ``rec`` (the API's
+        ``connection``).
+        """
 
     def connections(self) -> int:
         """Clients connected now."""
+
+    def describe(self) -> dict:
+        """The endpoint, for the node's view (``GET /node``)."""
 
 
 class _KeyedLocks:
@@ -153,17 +200,19 @@ class Node:
 
     def __init__(self, name: str, store: metastore.MetadataStore,
                  pools: dict, default_pool: str, default_thin: bool,
-                 exporter: Exporter, version: str = ''):
+                 exporters: typing.Iterable[Exporter], version: str = ''):
         if default_pool not in pools:
             raise errors.InvalidArgument(
                 'default pool %s is not one of the pools (%s)'
                 % (default_pool, ', '.join(sorted(pools))))
+        self.exporters = {e.protocol: e for e in exporters}
+        if 'nbd' not in self.exporters:
+            raise errors.InvalidArgument('a node always serves NBD')
         self.name = name
         self.store = store
         self.pools = dict(pools)
         self.default_pool = default_pool
         self.default_thin = default_thin
-        self.exporter = exporter
         self.version = version
         self.started_at = time.time()
         self._lock = _KeyedLocks()
@@ -336,14 +385,15 @@ class Node:
         return {
             'name': self.name, 'version': self.version,
             'uptime': round(time.time() - self.started_at, 3),
-            'nbd': {'host': self.exporter.host, 'port': self.exporter.port,
-                    'tls_mode': self.exporter.tls_mode},
+            'nbd': self.exporters['nbd'].describe(),
+            'aoe': (self.exporters['aoe'].describe()
+                    if 'aoe' in self.exporters else None),
             'stats': {
                 'pools': len(pools),
                 'volumes': sum(p['volumes'] for p in pools),
                 'snapshots': sum(p['snapshots'] for p in pools),
                 'exports': len(self._handles),
-                'nbd_connections': self.exporter.connections(),
+                'nbd_connections': self.exporters['nbd'].connections(),
                 'jobs_running': running,
                 'capacity': {k: sum(p[k] for p in pools) for k in
                              ('total', 'free', 'allocated', 'provisioned')},
@@ -697,15 +747,16 @@ class Node:
 
     # -- exports --------------------------------------------------------------
 
+    @staticmethod
+    def _protocol(rec: dict) -> str:
+        return rec.get('protocol', 'nbd')
+
     def _export_view(self, ident: str, rec: dict) -> dict:
+        exporter = self.exporters[self._protocol(rec)]
         return {'id': ident, 'volume_id': rec['volume_id'],
-                'protocol': rec['protocol'], 'hosts': rec['hosts'],
+                'protocol': self._protocol(rec), 'hosts': rec['hosts'],
                 'read_only': rec['read_only'],
-                'connection': {'protocol': rec['protocol'],
-                               'host': self.exporter.host,
-                               'port': self.exporter.port,
-                               'export_name': rec['export_name'],
-                               'tls_mode': self.exporter.tls_mode},
+                'connection': exporter.connection(rec),
                 'created_at': iso_time(rec['created_at'])}
 
     def list_exports(self, volume_id: str | None = None) -> list[dict]:
@@ -731,22 +782,69 @@ class Node:
                                   % (ident, self.name), id=ident)
         return rec
 
+    def _exporter(self, protocol) -> Exporter:
+        try:
+            return self.exporters[protocol]
+        except (KeyError, TypeError):
+            raise errors.InvalidArgument(
+                'protocol %r is not served by node %s (it serves %s)'
+                % (protocol, self.name, ', '.join(sorted(self.exporters))),
+                protocol=protocol) from None
+
     @staticmethod
-    def _check_hosts(hosts) -> list[str]:
+    def _check_hosts(exporter: Exporter, hosts) -> list[str]:
         if not isinstance(hosts, list) or not hosts:
-            raise errors.InvalidArgument('hosts must be a non-empty list of '
-                                         'IP addresses or networks')
-        out = []
-        for host in hosts:
-            try:
-                net = ipaddress.ip_network(host, strict=False)
-                out.append(str(net.network_address)
-                           if net.num_addresses == 1 else str(net))
-            except (TypeError, ValueError):
-                raise errors.InvalidArgument(
-                    'host %r is not an IP address or network' % (host,),
-                    host=host) from None
-        return out
+            raise errors.InvalidArgument(
+                'hosts must be a non-empty list of the hosts admitted')
+        return exporter.check_hosts(hosts)
+
+    def _replay_export(self, ident: str, request: dict) -> dict | None:
+        """The view of export ``ident`` if this exact create was made
+        before, None if the id is free; AlreadyExists if it is taken.
+        """
+        try:
+            old, _rev = self.store.get(self._ekey(ident))
+        except metastore.NotFound:
+            return None
+        if old.get('node') == self.name and old.get('request') == request:
+            return self._export_view(ident, old)
+        raise errors.AlreadyExists(
+            'export id %s is already in use by another export' % ident,
+            id=ident)
+
+    def _claim_number(self, exporter: Exporter, ident: str) -> int | None:
+        """Claim the number of a new export of ``exporter``, if it needs
+        one.
+        """
+        addresses = exporter.addresses
+        if addresses is None:
+            return None
+        try:
+            return self.store.allocate(addresses.prefix, addresses.numbers,
+                                       {'node': self.name, 'export': ident})
+        except metastore.Exhausted:
+            raise errors.NoSpace(
+                'node %s has no free address for another %s export: all %d '
+                '%s are in use; remove an export first'
+                % (self.name, exporter.protocol, len(addresses.numbers),
+                   addresses.name), protocol=exporter.protocol) from None
+
+    def _release_number(self, exporter: Exporter, number: int | None,
+                        ident: str) -> None:
+        """Give back the number export ``ident`` claimed (if it is still
+        its claim: a number given back is never taken from another).
+        """
+        addresses = exporter.addresses
+        if addresses is None or number is None:
+            return
+        key = '%s/%d' % (addresses.prefix, number)
+        try:
+            claim, rev = self.store.get(key)
+            if claim.get('node') == self.name and \
+                    claim.get('export') == ident:
+                self.store.delete(key, expect_revision=rev)
+        except (metastore.NotFound, metastore.RevisionMismatch):
+            pass
 
     def create_export(self, volume_id: str, hosts: list,
                       protocol: str = 'nbd', read_only: bool = False,
@@ -754,11 +852,8 @@ class Node:
         volume_id = names.check_id(volume_id)
         ident = names.check_id(ident) if ident is not None \
             else names.new_id()
-        hosts = self._check_hosts(hosts)
-        if protocol != self.exporter.protocol:
-            raise errors.InvalidArgument(
-                'protocol %r is not served by node %s (it serves %s)'
-                % (protocol, self.name, self.exporter.protocol))
+        exporter = self._exporter(protocol)
+        hosts = self._check_hosts(exporter, hosts)
         with self._lock(ident, volume_id):
             try:
                 rec, _rev = self.store.get(self._vkey(volume_id))
@@ -769,44 +864,129 @@ class Node:
             read_only = bool(read_only) or kind == SNAPSHOT
             request = {'volume_id': volume_id, 'hosts': hosts,
                        'protocol': protocol, 'read_only': read_only}
-            rec = dict(request, node=self.name, export_name=ident,
-                       request=request, created_at=time.time())
+            replay = self._replay_export(ident, request)
+            if replay is not None:
+                return replay, False
+            # The address first, then the record that holds it: a crash
+            # between the two leaves a claim no record holds, which the
+            # next start gives back.
+            number = self._claim_number(exporter, ident)
             try:
-                self.store.create(self._ekey(ident), rec)
-            except metastore.KeyExists:
+                rec = dict(request, node=self.name, request=request,
+                           created_at=time.time(),
+                           **exporter.address(ident, number))
                 try:
-                    old = self._export_record(ident)
-                except errors.NotFound:
-                    old = {}
-                if old.get('request') == request:
-                    return self._export_view(ident, old), False
-                raise errors.AlreadyExists(
-                    'export id %s is already in use by another export'
-                    % ident, id=ident) from None
-            try:
-                self._publish(ident, rec, pool)
+                    self.store.create(self._ekey(ident), rec)
+                except metastore.KeyExists:
+                    # Another node made an export with this id meanwhile
+                    # (one node's creates of one id run in turn).
+                    raise errors.AlreadyExists(
+                        'export id %s is already in use by another export'
+                        % ident, id=ident) from None
+                try:
+                    self._publish(ident, rec, pool)
+                except BaseException:
+                    self._drop_keys(self._ekey(ident))
+                    raise
             except BaseException:
-                self._drop_keys(self._ekey(ident))
+                self._release_number(exporter, number, ident)
                 raise
-            LOG.info('exported %s %s as %s to %s', kind, info.name, ident,
-                     ', '.join(hosts))
+            LOG.info('exported %s %s as %s over %s to %s', kind, info.name,
+                     ident, protocol, ', '.join(hosts))
             return self._export_view(ident, rec), True
 
     def _publish(self, ident: str, rec: dict, pool: str) -> None:
         handle = self.pools[pool].open_volume(rec['volume_id'])
-        self.exporter.publish(rec['export_name'], handle, rec['hosts'],
-                              rec['read_only'],
-                              '%s %s' % (rec['volume_id'], handle.name))
+        self.exporters[self._protocol(rec)].publish(
+            ident, rec, handle, '%s %s' % (rec['volume_id'], handle.name))
         self._handles[ident] = handle
 
     def delete_export(self, ident: str) -> None:
         ident = names.check_id(ident)
         with self._lock(ident):
             rec = self._export_record(ident)
-            self.exporter.withdraw(rec['export_name'])
+            exporter = self.exporters[self._protocol(rec)]
+            exporter.withdraw(ident, rec)
             self._handles.pop(ident, None)
             self._drop_keys(self._ekey(ident))
+            # After the record: a crash in between leaves a claim no
+            # record holds, given back at the next start.
+            self._release_number(exporter, self._number(exporter, rec),
+                                 ident)
             LOG.info('removed export %s of %s', ident, rec['volume_id'])
+
+    @staticmethod
+    def _number(exporter: Exporter, rec: dict) -> int | None:
+        if exporter.addresses is None:
+            return None
+        return rec.get(exporter.addresses.field)
+
+    def _check_restorable(self, exports: dict) -> None:
+        """Refuse to start if an export cannot be served as recorded: its
+        protocol is not configured, or its address is not this node's now.
+        Serving it elsewhere would silently break the hosts attached.
+        """
+        for ident, (rec, _rev) in sorted(exports.items()):
+            protocol = self._protocol(rec)
+            exporter = self.exporters.get(protocol)
+            if exporter is None:
+                raise errors.InvalidArgument(
+                    'node %s has %s exports (%s) but does not serve %s: '
+                    'configure it again (for aoe: [aoe] interface), then '
+                    'remove those exports if they are no longer wanted'
+                    % (self.name, protocol, ident, protocol),
+                    protocol=protocol, id=ident)
+            now = exporter.address(ident, self._number(exporter, rec))
+            then = {k: rec.get(k) for k in now}
+            if now != then:
+                raise errors.InvalidArgument(
+                    'export %s of node %s is addressed %s, which the node '
+                    'does not serve now (%s): restore the configuration '
+                    'it had' % (ident, self.name, then, now), id=ident)
+
+    def _restore_exports(self) -> None:
+        exports = self._mine('exports')
+        self._check_restorable(exports)
+        for ident, (rec, _rev) in exports.items():
+            exporter = self.exporters[self._protocol(rec)]
+            target = self._mine_one(rec['volume_id'])
+            if target is None:
+                LOG.warning('export %s names %s, which is gone: dropped',
+                            ident, rec['volume_id'])
+                self._drop_keys(self._ekey(ident))
+                self._release_number(exporter, self._number(exporter, rec),
+                                     ident)
+                continue
+            self._publish(ident, rec, target)
+        for exporter in self.exporters.values():
+            self._release_unrecorded(exporter)
+
+    def _release_unrecorded(self, exporter: Exporter) -> None:
+        """Give back this node's claims of ``exporter``'s numbers that no
+        export record holds (a create or delete interrupted between its
+        steps).
+        """
+        addresses = exporter.addresses
+        if addresses is None:
+            return
+        held = {(ident, self._number(exporter, rec))
+                for ident, (rec, _rev) in self._mine('exports').items()
+                if self._protocol(rec) == exporter.protocol}
+        for key, (claim, rev) in self.store.list(addresses.prefix).items():
+            number = key.rsplit('/', 1)[1]
+            if claim.get('node') != self.name:
+                LOG.warning('%s is claimed by node %s, not by this node %s',
+                            key, claim.get('node'), self.name)
+                continue
+            if not number.isdigit() or \
+                    (claim.get('export'), int(number)) in held:
+                continue
+            LOG.info('releasing %s, claimed for export %s, which has no '
+                     'record', key, claim.get('export'))
+            try:
+                self.store.delete(key, expect_revision=rev)
+            except (metastore.NotFound, metastore.RevisionMismatch):
+                pass
 
     # -- start and stop -------------------------------------------------------
 
@@ -823,14 +1003,7 @@ class Node:
             if ident not in records:
                 self._adopt(pool, info)
         self._reconcile_names()
-        for ident, (rec, _rev) in self._mine('exports').items():
-            target = self._mine_one(rec['volume_id'])
-            if target is None:
-                LOG.warning('export %s names %s, which is gone: dropped',
-                            ident, rec['volume_id'])
-                self._drop_keys(self._ekey(ident))
-                continue
-            self._publish(ident, rec, target)
+        self._restore_exports()
         for ident, (rec, _rev) in self._mine('jobs').items():
             target = self._mine_one(rec['volume_id'])
             if target is None:

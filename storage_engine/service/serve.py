@@ -2,10 +2,11 @@
 
 One process per storage node. It opens (or, on first start, creates) the
 node's pools, reconciles them with the metadata store, restores the
-exports it had, claims its NBD port, and serves the management API and NBD
-on one asyncio event loop. SIGTERM or SIGINT stops it cleanly: the API
-stops answering, NBD clients are disconnected (they reconnect after a
-restart and find their exports again), jobs stop where a restart resumes
+exports it had, claims its NBD port (and with ``[aoe] interface`` its AoE
+shelf), and serves the management API, NBD and AoE on one asyncio event
+loop. SIGTERM or SIGINT stops it cleanly: the API stops answering, NBD
+clients are disconnected and the AoE target goes silent (clients find
+their exports again after a restart), jobs stop where a restart resumes
 them, and every pool is closed with a checkpoint.
 
 A minimal configuration (every option: ``etc/storage-engine.conf.sample``,
@@ -34,11 +35,13 @@ from aiohttp import web
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from storage_engine.aoe import server as aoe_server
 from storage_engine import errors
 from storage_engine import metastore
 from storage_engine.nbd import exports as nbd_exports
 from storage_engine.nbd import server as nbd_server_mod
 from storage_engine.nbd import tls as tls_mod
+from storage_engine.service import aoe_exporter
 from storage_engine.service import api as api_mod
 from storage_engine.service import nbd_exporter
 from storage_engine.service import node as node_mod
@@ -109,6 +112,25 @@ nbd_opts = [
                     'given).'),
 ]
 
+aoe_opts = [
+    cfg.StrOpt('interface',
+               help='Ethernet interface the node serves ATA over Ethernet '
+                    'on (unset: AoE is off, and exports with protocol aoe '
+                    'are refused).'),
+    cfg.StrOpt('network_namespace',
+               help='Network namespace (a name under /var/run/netns) that '
+                    'holds interface; only the AoE socket is opened '
+                    'there, the API and NBD stay where the process is.'),
+    cfg.IntOpt('shelf', min=0, max=65534,
+               help='AoE shelf (major) number of this node; each export '
+                    'is one of its 255 slots. The claim goes through the '
+                    'metadata store, so no two nodes share a shelf. Unset: '
+                    'the shelf the node has, else the first free one.'),
+    cfg.IntOpt('buffer_count', default=16, min=1, max=65535,
+               help='Outstanding AoE commands an initiator may send per '
+                    'target (the Query Config buffer count).'),
+]
+
 pool_opts = [
     cfg.ListOpt('physical_volumes', default=[],
                 help='PATH[:SIZE] of each physical volume: block devices, '
@@ -127,11 +149,12 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(node_opts)
     conf.register_opts(api_opts, group='api')
     conf.register_opts(nbd_opts, group='nbd')
+    conf.register_opts(aoe_opts, group='aoe')
 
 
 def list_opts():
     return [(None, node_opts), ('api', api_opts), ('nbd', nbd_opts),
-            ('pool:default', pool_opts)]
+            ('aoe', aoe_opts), ('pool:default', pool_opts)]
 
 
 def _port_range(text: str) -> range:
@@ -217,6 +240,88 @@ def claim_nbd_port(store, node: str, host: str, ports: range) -> int:
     return port
 
 
+# -- the AoE shelf ------------------------------------------------------------
+
+SHELVES = 'aoe/shelves'
+SHELF_NUMBERS = range(65535)        # 0xffff is the broadcast shelf
+
+
+def _shelves_of(store, node: str) -> list[int]:
+    return sorted(int(key.rsplit('/', 1)[1])
+                  for key, (rec, _rev) in store.list(SHELVES).items()
+                  if rec.get('node') == node
+                  and key.rsplit('/', 1)[1].isdigit())
+
+
+def claim_aoe_shelf(store, node: str, wanted: int | None) -> int:
+    """The node's AoE shelf: ``wanted``, claimed (or already the node's),
+    or without it the shelf the node has, else the first free one.
+
+    A shelf held by another node is refused, and so is a change of shelf
+    while the node has AoE exports on the old one (their addresses would
+    change under the hosts attached). A shelf the node leaves is given
+    back, with the slot claims under it.
+    """
+    held = _shelves_of(store, node)
+    in_use = {}
+    for key, (rec, _rev) in store.list('exports').items():
+        if rec.get('node') == node and rec.get('protocol') == 'aoe':
+            in_use.setdefault(rec.get('shelf'), []).append(
+                key.rsplit('/', 1)[1])
+    if wanted is not None:
+        shelf = wanted
+    elif in_use:
+        # The shelf its exports are on (normally one the node holds).
+        shelf = min(in_use, key=str)
+    else:
+        shelf = held[0] if held else None
+    for old, exports in sorted(in_use.items(), key=lambda kv: str(kv[0])):
+        if old != shelf:
+            raise errors.InvalidArgument(
+                'node %s has AoE exports on shelf %s (%s), and would serve '
+                'shelf %s: their addresses would change under the hosts '
+                'attached. Set [aoe] shelf = %s, or remove those exports '
+                'first' % (node, old, ', '.join(sorted(exports)), shelf,
+                           old), shelf=old, exports=exports)
+    if shelf is None:
+        shelf = store.allocate(SHELVES, SHELF_NUMBERS, {'node': node})
+        LOG.info('AoE: claimed shelf %d', shelf)
+    elif shelf not in held:
+        key = '%s/%d' % (SHELVES, shelf)
+        try:
+            store.create(key, {'node': node})
+        except metastore.KeyExists:
+            try:
+                owner = store.get(key)[0].get('node')
+            except metastore.NotFound:
+                owner = 'another node (it just gave it back: try again)'
+            raise errors.AlreadyExists(
+                '[aoe] shelf %d is held by node %s (metadata key %s): give '
+                'node %s another shelf, or leave [aoe] shelf unset to get a '
+                'free one' % (shelf, owner, key, node), shelf=shelf,
+                node=owner) from None
+        LOG.info('AoE: claimed shelf %d', shelf)
+    for old in held:
+        if old != shelf:
+            _leave_shelf(store, node, old)
+    return shelf
+
+
+def _leave_shelf(store, node: str, shelf: int) -> None:
+    prefix = 'aoe/slots/%d' % shelf
+    for key, (rec, rev) in store.list(prefix).items():
+        if rec.get('node') == node:
+            try:
+                store.delete(key, expect_revision=rev)
+            except (metastore.NotFound, metastore.RevisionMismatch):
+                pass
+    try:
+        store.release(SHELVES, shelf)
+    except metastore.NotFound:
+        pass
+    LOG.info('AoE: gave back shelf %d', shelf)
+
+
 # -- the service --------------------------------------------------------------
 
 class Service:
@@ -226,6 +331,7 @@ class Service:
         self.store = None
         self.node = None
         self.nbd = None
+        self.aoe = None
         self.runner = None
         self.api = None
 
@@ -238,9 +344,13 @@ class Service:
             loop.add_signal_handler(sig, self.stopping.set)
         try:
             await self._start(loop)
-            LOG.info('node %s ready: API on %s:%d, NBD on %s:%d',
+            nbd = self.node.exporters['nbd']
+            LOG.info('node %s ready: API on %s:%d, NBD on %s:%d%s',
                      conf.node_name, conf.api.host, conf.api.port,
-                     self.node.exporter.host, self.node.exporter.port)
+                     nbd.host, nbd.port,
+                     ', AoE shelf %d on %s' % (self.aoe.shelf,
+                                               conf.aoe.interface)
+                     if self.aoe else '')
             await self.stopping.wait()
             LOG.info('stopping')
         finally:
@@ -277,11 +387,14 @@ class Service:
         port = await call(None, claim_nbd_port, self.store, conf.node_name,
                           advertise, _port_range(conf.nbd.port_range))
         await self.nbd.listen_tcp(host, port)
-        exporter = nbd_exporter.NBDExporter(loop, self.nbd, advertise, port)
+        exporters = [nbd_exporter.NBDExporter(loop, self.nbd, advertise,
+                                              port)]
+        if conf.aoe.interface:
+            exporters.append(await self._start_aoe(loop))
         self.node = node_mod.Node(
             conf.node_name, self.store, pools,
             conf.default_pool or conf.pools[0],
-            conf.default_provisioning == 'thin', exporter,
+            conf.default_provisioning == 'thin', exporters,
             version=version.version_string())
         await call(None, self.node.start)
         self.api = api_mod.API(self.node, conf.api.auth_token)
@@ -298,6 +411,28 @@ class Service:
         await site.start()
         self.api.ready = True
 
+    async def _start_aoe(self, loop) -> aoe_exporter.AoEExporter:
+        """Claim the shelf and open the AoE target, before the node
+        restores its exports onto it.
+        """
+        conf = self.conf.aoe
+        shelf = await loop.run_in_executor(
+            None, claim_aoe_shelf, self.store, self.conf.node_name,
+            conf.shelf)
+        self.aoe = aoe_server.AoETarget(
+            conf.interface, shelf, netns=conf.network_namespace,
+            buffer_count=conf.buffer_count)
+        try:
+            await self.aoe.start()
+        except (OSError, ValueError) as exc:
+            where = (' in network namespace %s' % conf.network_namespace
+                     if conf.network_namespace else '')
+            raise errors.InvalidArgument(
+                '[aoe] interface %s%s cannot serve AoE: %s'
+                % (conf.interface, where, exc)) from None
+        return aoe_exporter.AoEExporter(loop, self.aoe, conf.interface,
+                                        shelf)
+
     async def _stop(self) -> None:
         if self.api is not None:
             self.api.ready = False
@@ -305,6 +440,8 @@ class Service:
             await self.runner.cleanup()
         if self.nbd is not None:
             await self.nbd.close()
+        if self.aoe is not None:
+            await self.aoe.close()
         loop = asyncio.get_running_loop()
         if self.node is not None:
             await loop.run_in_executor(None, self.node.close)
