@@ -11,8 +11,10 @@ retries never makes two volumes. A volume brought in with manage_existing
 keeps its engine id, recorded as the Cinder volume's ``provider_id``.
 
 Exports are made per host, in initialize_connection, and admit only the
-connector's address. Their ids are derived from the volume and the host,
-so repeating initialize_connection gives the same export back.
+host's addresses as the family's protocol names them (NBD: the
+connector's IP address; AoE: its MAC addresses). Their ids are derived
+from the volume and that identity, so repeating initialize_connection
+gives the same export back.
 """
 
 import contextlib
@@ -52,8 +54,13 @@ engine_opts = [
                choices=['thin', 'thick'],
                help='Provisioning of volumes whose type has no '
                     'provisioning:type extra spec.'),
-    cfg.StrOpt('engine_export_protocol', default='nbd', choices=['nbd'],
-               help='How volumes are exported to hosts.'),
+    cfg.StrOpt('engine_export_protocol', choices=['nbd', 'aoe'],
+               help='How volumes are exported to hosts. Each driver '
+                    'family has its own protocol (nbd: '
+                    'cinder_drivers.lvm.EngineLVMDriver; aoe: '
+                    'cinder_drivers.aoe.EngineAoEDriver); unset means '
+                    'that one, and another value fails the backend\'s '
+                    'start with the reason.'),
 ]
 
 CONF = cfg.CONF
@@ -112,6 +119,14 @@ class EngineDriverBase(driver.VolumeDriver):
         if not self.configuration.engine_api_token:
             raise exception.InvalidConfigurationValue(
                 option='engine_api_token', value='(empty)')
+        wanted = self.configuration.engine_export_protocol
+        if wanted and wanted != self.protocol:
+            msg = ('engine_export_protocol is %s, but %s exports over %s: '
+                   'unset the option, or use the driver of the %s family'
+                   % (wanted, self.__class__.__name__, self.protocol,
+                      wanted))
+            LOG.error(msg)
+            raise exception.InvalidConfigurationValue(msg)
         with self._translated('checking storage node %s'
                               % self.configuration.engine_api_url):
             self.client.pool(self.pool)
@@ -313,15 +328,44 @@ class EngineDriverBase(driver.VolumeDriver):
 
     # -- attach and detach --------------------------------------------------
 
-    @staticmethod
-    def _host_of(connector) -> str:
+    # What the family's protocol knows a host by. NBD: the connector's IP
+    # address, which the export admits and the server sees. Another family
+    # overrides _export_hosts and _connection_data (the AoE family: the
+    # connector's MAC addresses, and its own connection data); the host's
+    # identity, which names its export and tells which attachments share
+    # it, is the set of addresses admitted unless _host_identity says
+    # otherwise.
+
+    def _export_hosts(self, connector) -> list:
+        """The addresses the export to the connector's host admits."""
         if not connector or not connector.get('ip'):
             raise exception.InvalidConnectorException(missing='ip')
-        return connector['ip']
+        return [connector['ip']]
 
-    def _export_id(self, volume, host: str) -> str:
+    def _host_identity(self, connector) -> str:
+        """What one host is known by: attachments with the same identity
+        share one export.
+        """
+        return ','.join(self._export_hosts(connector))
+
+    def _connection_data(self, exp: dict) -> dict:
+        """connection_info['data'] from the engine's export (the driver
+        adds volume_id, export_id and access_mode).
+        """
+        data = dict(exp['connection'])
+        data['discard'] = True
+        return data
+
+    def _export_id(self, volume, identity: str) -> str:
         return str(uuid.uuid5(EXPORT_NAMESPACE, '%s:%s' % (
-            self._engine_id(volume), host)))
+            self._engine_id(volume), identity)))
+
+    def _same_host(self, connector, identity: str) -> bool:
+        try:
+            return bool(connector) and \
+                self._host_identity(connector) == identity
+        except exception.InvalidConnectorException:
+            return False
 
     def create_export(self, context, volume, connector):
         # Exports are per host, made in initialize_connection.
@@ -337,21 +381,21 @@ class EngineDriverBase(driver.VolumeDriver):
         pass
 
     def initialize_connection(self, volume, connector):
-        host = self._host_of(connector)
+        hosts = self._export_hosts(connector)
+        identity = self._host_identity(connector)
         # Cinder marks read-only volumes in their admin metadata.
         admin = volume.admin_metadata \
             if volume.obj_attr_is_set('admin_metadata') else {}
         read_only = (admin or {}).get('readonly') == 'True'
         with self._translated('exporting volume %s to %s'
-                              % (volume.id, host)):
+                              % (volume.id, ', '.join(hosts))):
             exp = self.client.create_export(
-                self._engine_id(volume), [host], read_only=read_only,
+                self._engine_id(volume), hosts, read_only=read_only,
                 protocol=self.protocol,
-                id=self._export_id(volume, host))
-        data = dict(exp['connection'])
+                id=self._export_id(volume, identity))
+        data = self._connection_data(exp)
         data.update(volume_id=volume.id, export_id=exp['id'],
-                    access_mode='ro' if exp['read_only'] else 'rw',
-                    discard=True)
+                    access_mode='ro' if exp['read_only'] else 'rw')
         return {'driver_volume_type': self.protocol, 'data': data}
 
     def terminate_connection(self, volume, connector, **kwargs):
@@ -368,14 +412,14 @@ class EngineDriverBase(driver.VolumeDriver):
                 for exp in self.client.exports(volume_id=ident):
                     self.client.delete_export(exp['id'])
                 return False
-            host = self._host_of(connector)
+            identity = self._host_identity(connector)
             sharing = [a for a in volume.volume_attachment or []
-                       if a.connector and a.connector.get('ip') == host
+                       if self._same_host(a.connector, identity)
                        and a.attach_status in ('attached', 'attaching')]
             if len(sharing) > 1:
                 return True
             try:
-                self.client.delete_export(self._export_id(volume, host))
+                self.client.delete_export(self._export_id(volume, identity))
             except errors.NotFound:
                 pass
         return False

@@ -9,9 +9,10 @@
 # - stack install: install_storage_engine (the node's packages and this
 #   checkout, into devstack's Python environment)
 # - Cinder's configuration (devstack's configure_cinder, before the install
-#   phase): configure_cinder_backend_storage_engine_lvm for each
-#   storage_engine_lvm:NAME of CINDER_ENABLED_BACKENDS (override-defaults
-#   puts ours there); devstack then creates a volume type NAME for each
+#   phase): configure_cinder_backend_storage_engine_lvm (or _aoe) for each
+#   storage_engine_lvm:NAME (storage_engine_aoe:NAME) of
+#   CINDER_ENABLED_BACKENDS (override-defaults puts ours there); devstack
+#   then creates a volume type NAME for each
 # - stack post-config: configure_storage_engine and start_storage_engine,
 #   so that the node is up before cinder-volume starts: cinder-volume's
 #   driver checks the node when it starts, and Cinder retries that for
@@ -47,6 +48,14 @@ STORAGE_ENGINE_STARTED_CONF=$STORAGE_ENGINE_STATE_PATH/storage-engine.conf.start
 function configure_cinder_backend_storage_engine_lvm {
     local be_name=$1
     configure_storage_engine_backend "$CINDER_CONF" "$be_name"
+}
+
+# Cinder backend section NAME for our AoE driver (storage_engine_aoe:NAME);
+# the node serves AoE when STORAGE_ENGINE_AOE_INTERFACE is set.
+# configure_cinder_backend_storage_engine_aoe NAME
+function configure_cinder_backend_storage_engine_aoe {
+    local be_name=$1
+    configure_storage_engine_backend "$CINDER_CONF" "$be_name" aoe
 }
 
 # Install the packages the node's hosts need and this checkout (the engine,

@@ -3,10 +3,13 @@
 os-brick finds a connector through hard-coded tables: the protocol name
 (``driver_volume_type`` upper-cased) maps to a class path in the table of
 the host's architecture, and ``os_brick.initiator`` names each protocol as
-a constant. :func:`register` adds ours to both. Every process that attaches
-our volumes must call it once at start, before it asks os-brick for a
-connector: cinder-volume does so from our drivers' ``do_setup``, nova-compute
-would do so at start. Calling it again, from anywhere, changes nothing.
+a constant. :func:`register` adds ours to both, and adds the connectors
+that contribute host properties (AoE: ``aoe_macs``) to the list
+``get_connector_properties`` asks. Every process that attaches our volumes
+must call it once at start, before it asks os-brick for a connector or for
+the host's properties: cinder-volume does so from our drivers'
+``do_setup``, nova-compute would do so at start. Calling it again, from
+anywhere, changes nothing.
 """
 
 import threading
@@ -19,7 +22,14 @@ LOG = logging.getLogger(__name__)
 # class path, imported by os-brick only when a connector is asked for.
 CONNECTORS = {
     'NBD': 'os_brick_connectors.nbd.NBDConnector',
+    'AOE': 'os_brick_connectors.aoe.AoEConnector',
 }
+
+# Connectors whose get_connector_properties adds something the drivers
+# need (the NBD connector adds nothing: the host's IP is generic).
+PROPERTY_CONNECTORS = (
+    'os_brick_connectors.aoe.AoEConnector',
+)
 
 # Every architecture os-brick has a table for: our connectors are plain
 # userspace code, usable on all of them.
@@ -57,3 +67,6 @@ def register() -> None:
                     LOG.warning('os-brick protocol %s was mapped to %s; '
                                 'using %s instead', protocol, current, path)
                 table[protocol] = path
+        for path in PROPERTY_CONNECTORS:
+            if path not in connector.unix_connector_list:
+                connector.unix_connector_list.append(path)

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import typing
 
 from oslo_log import log as logging
@@ -128,6 +129,20 @@ class Host:
 
 # -- reading host state (no root needed) ------------------------------------
 
+def poll(done: typing.Callable[[], bool], timeout: float) -> bool:
+    """Call ``done`` until it is true (True) or ``timeout`` passes (False),
+    checking often at first, then every 100 ms.
+    """
+    deadline = time.monotonic() + timeout
+    interval = 0.002
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+        interval = min(interval * 2, 0.1)
+    return True
+
+
 def _read(path: str) -> typing.Optional[str]:
     try:
         with open(path) as f:
@@ -155,10 +170,11 @@ def mounted(path: str) -> bool:
     return False
 
 
-def process_running(pid: typing.Optional[int], name: str,
+def process_running(pid: typing.Optional[int], name: typing.Optional[str],
                     argument: str) -> bool:
-    """Whether ``pid`` is a live ``name`` process with ``argument`` in its
-    command line (a recorded PID may have been reused since).
+    """Whether ``pid`` is a live ``name`` process (any name, given None)
+    with ``argument`` in its command line (a recorded PID may have been
+    reused since).
     """
     if not pid:
         return False
@@ -167,7 +183,7 @@ def process_running(pid: typing.Optional[int], name: str,
     stat = _read('/proc/%d/stat' % pid) or ''
     # The state follows the parenthesised command name; Z: a zombie.
     state = stat.rpartition(')')[2].split()[:1]
-    return (comm is not None and comm.strip() == name and
+    return (comm is not None and (name is None or comm.strip() == name) and
             cmdline is not None and argument in cmdline.split('\0') and
             state != ['Z'])
 

@@ -69,7 +69,6 @@ import hashlib
 import os
 import re
 import ssl
-import time
 import typing
 import urllib.parse
 
@@ -277,18 +276,8 @@ class StatePaths:
             return ''
 
 
-def _poll(done: typing.Callable[[], bool], timeout: float) -> bool:
-    """Call ``done`` until it is true (True) or ``timeout`` passes (False),
-    checking often at first, then every 100 ms.
-    """
-    deadline = time.monotonic() + timeout
-    interval = 0.002
-    while not done():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-        interval = min(interval * 2, 0.1)
-    return True
+# Kept under its old name: tests and callers patch it here.
+_poll = host_mod.poll
 
 
 class NBDConnector(base.BaseLinuxConnector):

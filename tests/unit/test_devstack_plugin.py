@@ -269,7 +269,7 @@ def test_stack_configures_cinder_and_runs_the_node_until_unstack(tmp_path):
         # the node was up when Cinder started.
         assert devstack.calls() == [
             'define_plugin storage-engine',
-            'install_package nbd-client libnbd-bin fuse3 nbdkit',
+            'install_package nbd-client libnbd-bin fuse3 nbdkit aoetools',
             'setup_develop %s' % TOP,
             'start_cinder se-lvm 200']
 
@@ -409,6 +409,21 @@ def test_every_backend_of_ours_gets_its_section(tmp_path):
             'cinder_drivers.lvm.EngineLVMDriver']
     assert cinder['fast']['engine_api_token'] == \
         cinder['slow']['engine_api_token']
+
+
+def test_an_aoe_backend_gets_the_aoe_driver(tmp_path):
+    devstack = Devstack(tmp_path, STORAGE_ENGINE_CINDER_BACKENDS=(
+        'storage_engine_lvm:se-lvm,storage_engine_aoe:se-aoe'))
+    devstack.ok('plugin_override_defaults; source_lib_cinder; '
+                'load_plugin_settings; run_phase stack pre-install; '
+                'configure_cinder')
+    cinder = parsed(devstack.cinder_conf)
+    assert cinder['DEFAULT']['enabled_backends'] == ['se-lvm,se-aoe']
+    assert cinder['se-lvm']['volume_driver'] == [
+        'cinder_drivers.lvm.EngineLVMDriver']
+    assert cinder['se-aoe']['volume_driver'] == [
+        'cinder_drivers.aoe.EngineAoEDriver']
+    assert cinder['se-aoe']['volume_backend_name'] == ['se-aoe']
 
 
 def test_nothing_happens_when_the_service_is_disabled(tmp_path):

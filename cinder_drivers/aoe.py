@@ -1,0 +1,67 @@
+"""The AoE family: LVM-style volumes exported with ATA over Ethernet.
+
+``volume_driver = cinder_drivers.aoe.EngineAoEDriver``. Everything but the
+export is the shared base (thin or thick volumes, copy-on-write snapshots
+and clones, revert, online extend, retype, manage, multiattach). The
+storage node serves its exports as AoE targets ``e<shelf>.<slot>``: one
+shelf per node, one slot per export, on the node's ``[aoe] interface``.
+
+An export admits the MAC addresses in the connector's ``aoe_macs`` (what
+our os-brick AoE connector reports for the host's AoE interfaces): the
+target answers no other initiator at all, and the export is known by that
+set of addresses, so one host gets one export per volume whatever the
+number of its attachments.
+"""
+
+import re
+
+from cinder import exception
+from cinder import interface
+
+from cinder_drivers import base
+
+_MAC = re.compile(r'[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}')
+
+
+def normalise_mac(value) -> str:
+    """``value`` in lower-case colon form; ValueError if not a MAC."""
+    text = value.strip().lower() if isinstance(value, str) else ''
+    if not _MAC.fullmatch(text):
+        raise ValueError('%r is not a MAC address' % (value,))
+    return text.replace('-', ':')
+
+
+@interface.volumedriver
+class EngineAoEDriver(base.EngineDriverBase):
+    """LVM-style volumes on a storage-engine node, exported over AoE.
+
+    Version history:
+
+    .. code-block:: none
+
+        1.0.0 - First version: the LVM-style family's volumes, snapshots
+                and clones exported as AoE targets admitting only the
+                MAC addresses of the connector's AoE interfaces.
+    """
+
+    VERSION = '1.0.0'
+    protocol = 'aoe'
+    storage_protocol = 'AoE'
+
+    def _export_hosts(self, connector) -> list:
+        macs = (connector or {}).get('aoe_macs')
+        if not macs or isinstance(macs, str) or \
+                not isinstance(macs, (list, tuple)):
+            raise exception.InvalidConnectorException(missing='aoe_macs')
+        try:
+            return sorted({normalise_mac(m) for m in macs})
+        except ValueError as exc:
+            raise exception.InvalidConnectorException(
+                missing='aoe_macs (%s)' % exc)
+
+    def _connection_data(self, exp: dict) -> dict:
+        conn = exp['connection']
+        return {'target_shelf': conn['shelf'],
+                'target_lun': conn['slot'],
+                'target_mac': conn['mac'],
+                'target_interface': conn['interface']}
