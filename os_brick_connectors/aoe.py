@@ -82,6 +82,7 @@ from os_brick import utils
 
 from os_brick_connectors import aoe_io
 from os_brick_connectors import host as host_mod
+from os_brick_connectors import volume_io
 
 LOG = logging.getLogger(__name__)
 
@@ -403,17 +404,7 @@ class AoEConnector(base.BaseLinuxConnector):
             return False
         if isinstance(path, str):
             return super().check_valid_device(path, run_as_root)
-        try:
-            position = path.tell()
-            try:
-                path.seek(0)
-                path.read(min(4096, path.size))
-            finally:
-                path.seek(position)
-        except Exception as exc:
-            LOG.error('AoE volume handle %s is not usable: %s', path, exc)
-            return False
-        return True
+        return volume_io.handle_is_usable(path, 'AoE')
 
     @utils.trace
     @utils.connect_volume_prepare_result

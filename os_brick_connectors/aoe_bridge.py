@@ -34,6 +34,7 @@ import signal
 import sys
 import typing
 
+from os_brick_connectors import spawn
 from storage_engine import errors
 from storage_engine.volstore import info
 
@@ -137,17 +138,6 @@ def open_client(interfaces: typing.Sequence[str], shelf: int, slot: int,
            '; '.join(problems) or 'no interface given'))
 
 
-def _write_ready(path: str, pid: int) -> None:
-    # Written whole and renamed into place, so a reader never sees half.
-    tmp = '%s.tmp' % path
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, b'%d\n' % pid)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 async def _serve(backend: AoEBackend, socket_path: str, export: str,
                  ready: str) -> None:
     from storage_engine.nbd import exports
@@ -167,7 +157,7 @@ async def _serve(backend: AoEBackend, socket_path: str, export: str,
         if os.path.exists(socket_path):
             os.unlink(socket_path)      # a dead bridge's
         await server.listen_unix(socket_path)
-        _write_ready(ready, os.getpid())
+        spawn.write_pidfile(ready, os.getpid())
         LOG.info('serving %s on %s', export, socket_path)
         await stop.wait()
         LOG.info('stopping')

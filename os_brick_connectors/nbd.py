@@ -82,6 +82,7 @@ from os_brick import utils
 
 from os_brick_connectors import host as host_mod
 from os_brick_connectors import nbd_io
+from os_brick_connectors import volume_io
 from storage_engine.nbd import client as nbd_client
 from storage_engine.nbd import constants as nbd_const
 
@@ -328,17 +329,7 @@ class NBDConnector(base.BaseLinuxConnector):
             return False
         if isinstance(path, str):
             return super().check_valid_device(path, run_as_root)
-        try:
-            position = path.tell()
-            try:
-                path.seek(0)
-                path.read(min(4096, path.size))
-            finally:
-                path.seek(position)
-        except Exception as exc:
-            LOG.error('NBD volume handle %s is not usable: %s', path, exc)
-            return False
-        return True
+        return volume_io.handle_is_usable(path, 'NBD')
 
     @utils.trace
     @utils.connect_volume_prepare_result

@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 
-def _write_pidfile(path: str, pid: int) -> None:
+def write_pidfile(path: str, pid: int) -> None:
     # Written whole and renamed into place, so a reader never sees half.
     tmp = '%s.tmp' % path
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
             return 127
     finally:
         os.close(fd)
-    _write_pidfile(args.pidfile, proc.pid)
+    write_pidfile(args.pidfile, proc.pid)
     print(proc.pid)
     return 0
 

@@ -17,6 +17,10 @@ import errno
 import io
 import typing
 
+from oslo_log import log as logging
+
+LOG = logging.getLogger(__name__)
+
 # Large enough for full-speed sequential copies, small enough that a copy
 # does not hold much memory per request.
 MAX_CHUNK = 8 * 1024 * 1024
@@ -221,3 +225,20 @@ class BlockVolumeIO(io.RawIOBase):
                     view[done:done + length]
                 self._pwrite(block, base)
             done += length
+
+
+def handle_is_usable(handle, what: str) -> bool:
+    """Whether a volume handle a connector returned still reads (os-brick's
+    check_valid_device for a handle rather than a device path).
+    """
+    try:
+        position = handle.tell()
+        try:
+            handle.seek(0)
+            handle.read(min(4096, handle.size))
+        finally:
+            handle.seek(position)
+    except Exception as exc:
+        LOG.error('%s volume handle %s is not usable: %s', what, handle, exc)
+        return False
+    return True
