@@ -15,6 +15,13 @@ host's addresses as the family's protocol names them (NBD: the
 connector's IP address; AoE: its MAC addresses). Their ids are derived
 from the volume and that identity, so repeating initialize_connection
 gives the same export back.
+
+Deletes are meant for the incarnation this driver created: Cinder reuses
+ids (a rescheduled create comes back with the same id while the failed
+attempt's delete may still be retrying), and the client names, in each
+delete, the incarnations its creates carried before the delete was asked
+for (storage_engine/incarnation.py). A delete that finds a later
+incarnation leaves it alone and succeeds: what it was meant for is gone.
 """
 
 import contextlib
@@ -262,14 +269,15 @@ class EngineDriverBase(driver.VolumeDriver):
                 'deleting volume %s' % volume.id,
                 {errors.Busy: lambda e: exception.VolumeIsBusy(
                     volume_name=volume.name)}):
-            # Exports a lost detach left behind would keep it busy.
-            for exp in self.client.exports(volume_id=ident):
-                self.client.delete_export(exp['id'])
             try:
-                self.client.delete_volume(ident)
+                # Exports a lost detach left behind would keep it busy;
+                # the node withdraws them only if the delete applies.
+                self.client.delete_volume(ident, remove_exports=True)
             except errors.NotFound:
                 LOG.info('volume %s is already gone from the engine',
                          volume.id)
+            except errors.IncarnationMismatch as exc:
+                LOG.info('volume %s: not deleted, %s', volume.id, exc)
 
     def extend_volume(self, volume, new_size):
         with self._translated('extending volume %s to %d GiB'
@@ -325,6 +333,8 @@ class EngineDriverBase(driver.VolumeDriver):
             except errors.NotFound:
                 LOG.info('snapshot %s is already gone from the engine',
                          snapshot.id)
+            except errors.IncarnationMismatch as exc:
+                LOG.info('snapshot %s: not deleted, %s', snapshot.id, exc)
 
     # -- attach and detach --------------------------------------------------
 
@@ -410,7 +420,7 @@ class EngineDriverBase(driver.VolumeDriver):
             if connector is None:
                 # Force detach: every host loses the volume.
                 for exp in self.client.exports(volume_id=ident):
-                    self.client.delete_export(exp['id'])
+                    self._remove_export(exp['id'])
                 return False
             identity = self._host_identity(connector)
             sharing = [a for a in volume.volume_attachment or []
@@ -418,11 +428,17 @@ class EngineDriverBase(driver.VolumeDriver):
                        and a.attach_status in ('attached', 'attaching')]
             if len(sharing) > 1:
                 return True
-            try:
-                self.client.delete_export(self._export_id(volume, identity))
-            except errors.NotFound:
-                pass
+            self._remove_export(self._export_id(volume, identity))
         return False
+
+    def _remove_export(self, export_id: str) -> None:
+        try:
+            self.client.delete_export(export_id)
+        except errors.NotFound:
+            pass
+        except errors.IncarnationMismatch as exc:
+            # The host attached again while this detach was retrying.
+            LOG.info('export %s stays: %s', export_id, exc)
 
     # -- manage and unmanage --------------------------------------------------
 

@@ -20,6 +20,11 @@ through :class:`Client`, so the API's contract
   attempt may have been carried out (its 404 then means "deleted"), and
   flatten, which starts a job and so is only retried when the request
   cannot have reached the node.
+* A delete never removes a later incarnation of its id: every create
+  carries an incarnation token made here, and a delete names the tokens
+  this client sent for that object before the delete was asked for (see
+  storage_engine/incarnation.py). A delete that finds a later incarnation
+  raises :class:`errors.IncarnationMismatch` and deleted nothing.
 """
 
 import errno as _errno
@@ -35,6 +40,7 @@ import urllib3
 
 from storage_engine import errors
 from storage_engine import httpfaults
+from storage_engine import incarnation
 # Imported for its side effect: its classes join the code table.
 from storage_engine.metastore import errors as _metastore_errors  # noqa
 from storage_engine import names
@@ -172,6 +178,8 @@ class Client:
         self.deadline = deadline
         self._own_session = session is None
         self.session = session or requests.Session()
+        #: the incarnations this client's creates carried
+        self.issued = incarnation.Issued()
 
     def __repr__(self) -> str:
         return '<Client %s>' % self.url
@@ -352,7 +360,9 @@ class Client:
         if source_snapshot_id and source_volume_id:
             raise errors.InvalidArgument(
                 'clone from a snapshot or from a volume, not both')
-        body = {'id': id or names.new_id(), 'name': name, 'size': size}
+        id = id or names.new_id()
+        body = {'id': id, 'name': name, 'size': size,
+                'incarnation': self.issued.issue('volume', id)}
         if pool is not None:
             body['pool'] = pool
         if provisioning is not None:
@@ -377,8 +387,23 @@ class Client:
     def rename_volume(self, id: str, name: str) -> dict:
         return self.update_volume(id, name=name)
 
-    def delete_volume(self, id: str) -> None:
-        self._request('DELETE', self._path('volumes', id))
+    def delete_volume(self, id: str, remove_exports: bool = False) -> None:
+        """Delete a volume this client created (or any, if it created
+        none by that id); ``remove_exports`` withdraws its exports first.
+        """
+        self._delete('volume', id, self._path('volumes', id),
+                     {'remove_exports': 'true'} if remove_exports else None)
+
+    def _delete(self, kind: str, id: str, path: str,
+                params: dict | None = None) -> None:
+        tokens = self.issued.sent(kind, id)
+        params = dict(params or {}, incarnation=tokens)
+        try:
+            self._request('DELETE', path, params=params)
+        except errors.NotFound:
+            self.issued.forget(kind, id, tokens)
+            raise
+        self.issued.forget(kind, id, tokens)
 
     def revert_volume(self, id: str, snapshot_id: str) -> dict:
         # Reverting twice to the same snapshot is one revert: retry freely.
@@ -444,12 +469,15 @@ class Client:
 
     def create_snapshot(self, volume_id: str, name: str,
                         id: str | None = None) -> dict:
+        id = id or names.new_id()
         return self._json('POST', '/snapshots',
-                          body={'id': id or names.new_id(), 'name': name,
-                                'volume_id': volume_id})
+                          body={'id': id, 'name': name,
+                                'volume_id': volume_id,
+                                'incarnation': self.issued.issue('snapshot',
+                                                                 id)})
 
     def delete_snapshot(self, id: str) -> None:
-        self._request('DELETE', self._path('snapshots', id))
+        self._delete('snapshot', id, self._path('snapshots', id))
 
     # -- exports --------------------------------------------------------------
 
@@ -471,11 +499,14 @@ class Client:
         """
         if isinstance(hosts, str):
             hosts = [hosts]
+        id = id or names.new_id()
         return self._json('POST', '/exports',
-                          body={'id': id or names.new_id(),
+                          body={'id': id,
                                 'volume_id': volume_id, 'hosts': list(hosts),
                                 'read_only': read_only,
-                                'protocol': protocol})
+                                'protocol': protocol,
+                                'incarnation': self.issued.issue('export',
+                                                                 id)})
 
     def delete_export(self, id: str) -> None:
-        self._request('DELETE', self._path('exports', id))
+        self._delete('export', id, self._path('exports', id))

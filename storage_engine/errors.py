@@ -92,6 +92,15 @@ class GroupLocked(Busy):
     code = 'group_locked'
 
 
+class IncarnationMismatch(EngineError):
+    """A delete meant for an earlier incarnation of an id found a later
+    one (see storage_engine/incarnation.py); nothing was deleted.
+    """
+
+    code = 'incarnation_mismatch'
+    errno = _errno.ESTALE
+
+
 class ReadOnly(EngineError):
     code = 'read_only'
     errno = _errno.EPERM

@@ -25,6 +25,7 @@ from oslo_log import log as logging
 import yaml
 
 from storage_engine import errors
+from storage_engine import incarnation
 from storage_engine import names
 
 LOG = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ _STATUS = [
     (errors.AlreadyExists, 409),
     (errors.Busy, 409),
     (errors.ReadOnly, 409),
+    (errors.IncarnationMismatch, 412),
     (errors.NoSpace, 507),
     (errors.Unavailable, 503),
     (errors.GroupClosed, 503),
@@ -98,18 +100,36 @@ def _path_id(request: web.Request, key: str) -> str:
     return names.check_id(request.match_info[key])
 
 
-def _query(request: web.Request, allowed: dict) -> dict:
-    """The query parameters, checked: ``allowed`` maps name to checker."""
+def _query(request: web.Request, allowed: dict,
+           repeatable: dict | None = None) -> dict:
+    """The query parameters, checked: ``allowed`` maps name to checker;
+    ``repeatable`` those that may be given several times (a list).
+    """
+    repeatable = repeatable or {}
     out = {}
     for key in request.query:
+        values = request.query.getall(key)
+        if key in repeatable:
+            out[key] = [repeatable[key](v) for v in values]
+            continue
         if key not in allowed:
             raise errors.InvalidArgument('unknown query parameter %r' % key)
-        values = request.query.getall(key)
         if len(values) != 1:
             raise errors.InvalidArgument('query parameter %r given %d '
                                          'times' % (key, len(values)))
         out[key] = allowed[key](values[0])
     return out
+
+
+def _boolean(value: str) -> bool:
+    if value not in ('true', 'false'):
+        raise errors.InvalidArgument('%r is not true or false' % value)
+    return value == 'true'
+
+
+# DELETE of a volume, snapshot or export may name the incarnations it is
+# meant for (storage_engine/incarnation.py).
+_INCARNATIONS = {'incarnation': incarnation.check}
 
 
 def _name(value: str) -> str:
@@ -253,7 +273,8 @@ class API:
         b = await self.body(request, 'VolumeCreate')
         view, new = await self.call(
             self.node.create_volume, b['name'], b['size'], b.get('pool'),
-            b.get('provisioning'), b.get('source'), b.get('id'))
+            b.get('provisioning'), b.get('source'), b.get('id'),
+            b.get('incarnation'))
         return self.created(view, new)
 
     async def get_volume(self, request):
@@ -270,9 +291,10 @@ class API:
             b.get('provisioning')))
 
     async def delete_volume(self, request):
-        _query(request, {})
+        q = _query(request, {'remove_exports': _boolean}, _INCARNATIONS)
         await self.call(self.node.delete_volume,
-                        _path_id(request, 'volume_id'))
+                        _path_id(request, 'volume_id'),
+                        q.get('incarnation'), q.get('remove_exports', False))
         return web.Response(status=204)
 
     async def revert_volume(self, request):
@@ -300,7 +322,8 @@ class API:
         _query(request, {})
         b = await self.body(request, 'SnapshotCreate')
         view, new = await self.call(self.node.create_snapshot,
-                                    b['volume_id'], b['name'], b.get('id'))
+                                    b['volume_id'], b['name'], b.get('id'),
+                                    b.get('incarnation'))
         return self.created(view, new)
 
     async def get_snapshot(self, request):
@@ -309,9 +332,10 @@ class API:
             self.node.snapshot, _path_id(request, 'snapshot_id')))
 
     async def delete_snapshot(self, request):
-        _query(request, {})
+        q = _query(request, {}, _INCARNATIONS)
         await self.call(self.node.delete_snapshot,
-                        _path_id(request, 'snapshot_id'))
+                        _path_id(request, 'snapshot_id'),
+                        q.get('incarnation'))
         return web.Response(status=204)
 
     # -- exports ----------------------------------------------------------
@@ -326,7 +350,8 @@ class API:
         b = await self.body(request, 'ExportCreate')
         view, new = await self.call(
             self.node.create_export, b['volume_id'], b['hosts'],
-            b.get('protocol', 'nbd'), b.get('read_only', False), b.get('id'))
+            b.get('protocol', 'nbd'), b.get('read_only', False), b.get('id'),
+            b.get('incarnation'))
         return self.created(view, new)
 
     async def get_export(self, request):
@@ -335,9 +360,9 @@ class API:
             self.node.export, _path_id(request, 'export_id')))
 
     async def delete_export(self, request):
-        _query(request, {})
+        q = _query(request, {}, _INCARNATIONS)
         await self.call(self.node.delete_export,
-                        _path_id(request, 'export_id'))
+                        _path_id(request, 'export_id'), q.get('incarnation'))
         return web.Response(status=204)
 
     # -- jobs -------------------------------------------------------------

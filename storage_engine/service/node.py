@@ -13,12 +13,14 @@ exist, their sizes and allocation. The metadata store (SQLite or etcd,
 shared by every node of a cluster) holds what must be unique across nodes
 and what must survive a restart outside the groups:
 
-``volumes/<id>``   a volume or snapshot: its node, pool, kind, name, state
-                   and the create request it came from (for idempotency)
+``volumes/<id>``   a volume or snapshot: its node, pool, kind, name, state,
+                   the create request it came from (for idempotency) and
+                   its incarnation (storage_engine/incarnation.py)
 ``names/<name>``   the id holding a name (volume and snapshot names are
                    unique in the cluster)
-``exports/<id>``   an export: volume, protocol, admitted hosts and its
-                   address (NBD: export name; AoE: shelf and slot)
+``exports/<id>``   an export: volume, protocol, admitted hosts, its
+                   address (NBD: export name; AoE: shelf and slot), state
+                   and incarnation
 ``jobs/<id>``      a long-running job (flatten), resumed after a restart
 ``nodes/<node>``   the node's NBD endpoint, ``ports/<host>/<port>`` its port
 ``aoe/shelves/<shelf>``       the node's AoE shelf (claimed at start)
@@ -26,10 +28,17 @@ and what must survive a restart outside the groups:
 
 Every change claims its store keys first (``create`` is atomic across
 nodes), then changes the volume group, then marks the record done, and
-undoes the claims if the group refuses. A crash between the steps leaves a
-record in ``creating`` or ``deleting``, or a name claimed by nobody;
-:meth:`Node.start` finishes or undoes each of those by comparing the
-records with the groups, before the node serves anything.
+undoes the claims if the group refuses. A crash, or a metadata store that
+fails between the steps, leaves a record in ``creating`` or ``deleting``,
+or a name claimed by nobody; the reconciler (reconcile.py) finishes or
+undoes each of those by comparing the records with the groups: at start,
+before the node serves anything, and while it runs, as soon as the store
+answers again. A request that meets an object half done has it
+reconciled on the spot, so repeating an interrupted create completes it.
+
+A delete may name the incarnations it is meant for, so a delete that
+arrives late never removes a later create of the same id
+(storage_engine/incarnation.py).
 
 Exports go the same way: an exporter whose exports need a number of their
 own (an AoE slot) has :class:`Addresses`; the number is claimed before the
@@ -49,8 +58,10 @@ import typing
 from oslo_log import log as logging
 
 from storage_engine import errors
+from storage_engine import incarnation as incarnation_mod
 from storage_engine import metastore
 from storage_engine import names
+from storage_engine.service import reconcile
 
 LOG = logging.getLogger(__name__)
 
@@ -134,7 +145,11 @@ class Exporter(typing.Protocol):
 
 
 class _KeyedLocks:
-    """One lock per id, so two requests about one object run in turn."""
+    """One lock per id, so two requests about one object run in turn.
+
+    Re-entrant: a request holding an id's lock may meet the object half
+    done and reconcile it (which takes the same lock) on the spot.
+    """
 
     def __init__(self):
         self._guard = threading.Lock()
@@ -147,7 +162,7 @@ class _KeyedLocks:
             for key in sorted(set(keys)):
                 with self._guard:
                     entry = self._locks.setdefault(key,
-                                                   [threading.Lock(), 0])
+                                                   [threading.RLock(), 0])
                     entry[1] += 1
                 entry[0].acquire()
                 held.append(key)
@@ -196,11 +211,21 @@ class Node:
 
     ``pools`` maps pool names to open :class:`VolumeGroup` objects, which
     the node owns from now on (:meth:`close` closes them).
+    ``reconcile_interval``: seconds between two background reconciliation
+    passes (0: only after a metadata-store failure), see reconcile.py.
     """
+
+    # Record states, for the reconciler.
+    VOLUME = VOLUME
+    SNAPSHOT = SNAPSHOT
+    CREATING = CREATING
+    AVAILABLE = AVAILABLE
+    DELETING = DELETING
 
     def __init__(self, name: str, store: metastore.MetadataStore,
                  pools: dict, default_pool: str, default_thin: bool,
-                 exporters: typing.Iterable[Exporter], version: str = ''):
+                 exporters: typing.Iterable[Exporter], version: str = '',
+                 reconcile_interval: float = 300.0):
         if default_pool not in pools:
             raise errors.InvalidArgument(
                 'default pool %s is not one of the pools (%s)'
@@ -209,7 +234,11 @@ class Node:
         if 'nbd' not in self.exporters:
             raise errors.InvalidArgument('a node always serves NBD')
         self.name = name
-        self.store = store
+        self.reconciler = reconcile.Reconciler(self, reconcile_interval)
+        # Every store call that fails tells the reconciler, which finishes
+        # or undoes the interrupted operation once the store answers.
+        self.store = reconcile.WatchedStore(store,
+                                            self.reconciler.store_failed)
         self.pools = dict(pools)
         self.default_pool = default_pool
         self.default_thin = default_thin
@@ -220,7 +249,8 @@ class Node:
         self._jobs_lock = threading.Lock()
         self._job_threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=2, thread_name_prefix='job')
-        self._handles: dict[str, typing.Any] = {}
+        # Exports served now: {id: (record, volume handle)}.
+        self._handles: dict[str, tuple[dict, typing.Any]] = {}
         self._closed = False
 
     # -- store records --------------------------------------------------------
@@ -252,26 +282,48 @@ class Node:
         return out
 
     def _record(self, ident: str, kind: str) -> tuple[dict, int]:
-        """The record of this node's volume or snapshot ``ident``."""
+        """The record of this node's volume or snapshot ``ident``.
+
+        A record half done (``creating``, ``deleting``) is an operation
+        that was interrupted, unless one is running now: under the
+        object's lock it is finished or undone on the spot, and the
+        outcome answers.
+        """
         ident = names.check_id(ident)
         cls = errors.SnapshotNotFound if kind == SNAPSHOT \
             else errors.VolumeNotFound
-        try:
-            rec, rev = self.store.get(self._vkey(ident))
-        except metastore.NotFound:
-            raise cls('%s %s not found' % (kind, ident), id=ident) from None
-        if rec.get('node') != self.name:
-            raise cls('%s %s is on node %s, not on %s'
-                      % (kind, ident, rec.get('node'), self.name),
-                      id=ident, node=rec.get('node'))
-        if rec.get('kind') != kind:
-            raise errors.WrongKind('%s is a %s, not a %s'
-                                   % (ident, rec.get('kind'), kind),
-                                   id=ident)
-        if rec.get('state') != AVAILABLE:
-            raise errors.Busy('%s %s is %s' % (kind, ident, rec.get('state')),
-                              id=ident, state=rec.get('state'))
-        return rec, rev
+        for attempt in (0, 1):
+            try:
+                rec, rev = self.store.get(self._vkey(ident))
+            except metastore.NotFound:
+                raise cls('%s %s not found' % (kind, ident),
+                          id=ident) from None
+            if rec.get('node') != self.name:
+                raise cls('%s %s is on node %s, not on %s'
+                          % (kind, ident, rec.get('node'), self.name),
+                          id=ident, node=rec.get('node'))
+            if rec.get('kind') != kind:
+                raise errors.WrongKind('%s is a %s, not a %s'
+                                       % (ident, rec.get('kind'), kind),
+                                       id=ident)
+            if rec.get('state') == AVAILABLE:
+                return rec, rev
+            if not attempt:
+                with self._lock(ident):
+                    self.reconciler.object(ident)
+        raise errors.Busy('%s %s is %s' % (kind, ident, rec.get('state')),
+                          id=ident, state=rec.get('state'))
+
+    def _present_one(self, ident: str):
+        """``(pool, VolumeInfo)`` of the group object ``ident``, or None."""
+        for pool, vg in self.pools.items():
+            try:
+                info = vg.get(ident)
+            except errors.NotFound:
+                continue
+            if info.id == ident:
+                return pool, info
+        return None
 
     def _pool(self, name: str | None):
         name = self.default_pool if name is None else name
@@ -289,41 +341,81 @@ class Node:
             except metastore.NotFound:
                 pass
 
+    def _undo(self, *keys: str) -> None:
+        """Drop the keys of an operation that failed, keeping its error:
+        if the store fails too, the reconciler drops them when it is back.
+        """
+        try:
+            self._drop_keys(*keys)
+        except errors.EngineError as exc:
+            LOG.warning('could not undo %s (%s); the node undoes it when '
+                        'the metadata store answers', ', '.join(keys), exc)
+
+    @contextlib.contextmanager
+    def _recording(self, what: str):
+        """Say what happens to ``what`` when the store fails under it."""
+        try:
+            yield
+        except (metastore.StoreUnavailable, metastore.StoreError) as exc:
+            raise errors.Unavailable(
+                '%s was interrupted: the metadata store failed (%s). The '
+                'node finishes or undoes it when the store answers again; '
+                'repeating the same request completes it' % (what, exc),
+                reason=exc.code) from exc
+
     def _claim(self, kind: str, ident: str, name: str, request: dict,
-               extra: dict):
+               extra: dict, incarnation: str | None):
         """Claim ``volumes/<id>`` and ``names/<name>`` for a new object.
 
         Returns None when they are claimed, or the existing object's view
-        when this exact create was made before (an idempotent replay).
+        when this exact create was made before (an idempotent replay,
+        which makes the object the replay's incarnation). A create that
+        was interrupted is finished or undone first, so repeating it
+        completes it. The caller holds ``ident``'s lock.
         """
         rec = dict(extra, node=self.name, kind=kind, name=name,
-                   state=CREATING, request=request)
-        try:
-            self.store.create(self._vkey(ident), rec)
-        except metastore.KeyExists:
+                   state=CREATING, request=request, incarnation=incarnation)
+        for attempt in (0, 1):
             try:
-                old, _rev = self.store.get(self._vkey(ident))
-            except metastore.NotFound:
-                old = {}
-            if (old.get('node') == self.name and old.get('kind') == kind
+                self.store.create(self._vkey(ident), rec)
+                break
+            except metastore.KeyExists:
+                try:
+                    old, rev = self.store.get(self._vkey(ident))
+                except metastore.NotFound:
+                    continue        # deleted meanwhile: claim it again
+            mine = old.get('node') == self.name
+            if mine and old.get('state') in (CREATING, DELETING) and \
+                    not attempt:
+                self.reconciler.object(ident)
+                continue
+            if (mine and old.get('kind') == kind
                     and old.get('request') == request
                     and old.get('state') == AVAILABLE):
+                if incarnation is not None and \
+                        old.get('incarnation') != incarnation:
+                    self.store.put(self._vkey(ident),
+                                   dict(old, incarnation=incarnation),
+                                   expect_revision=rev)
                 return (self.volume(ident) if kind == VOLUME
                         else self.snapshot(ident))
             raise errors.AlreadyExists(
                 'id %s is already in use by another %s; a create may be '
                 'repeated only with the same request' % (ident, kind),
-                id=ident) from None
+                id=ident)
+        else:
+            raise errors.Busy('id %s is being claimed by another request; '
+                              'try again' % ident, id=ident)
         try:
             self.store.create(self._nkey(name),
                               {'id': ident, 'node': self.name})
         except metastore.KeyExists:
-            self._drop_keys(self._vkey(ident))
+            self._undo(self._vkey(ident))
             raise errors.AlreadyExists(
                 'a volume or snapshot named %s already exists' % name,
                 name=name) from None
         except BaseException:
-            self._drop_keys(self._vkey(ident))
+            self._undo(self._vkey(ident))
             raise
         return None
 
@@ -342,12 +434,14 @@ class Node:
                 'source': (rec or {}).get('source'),
                 'has_parent': info.has_parent,
                 'created_at': iso_time(info.created_at),
+                'incarnation': (rec or {}).get('incarnation'),
                 'status': AVAILABLE if rec else 'error'}
 
     def _snapshot_view(self, pool: str, info, rec: dict | None) -> dict:
         return {'id': info.id, 'name': info.name, 'pool': pool,
                 'volume_id': info.origin_id, 'size': info.size,
                 'created_at': iso_time(info.created_at),
+                'incarnation': (rec or {}).get('incarnation'),
                 'status': AVAILABLE if rec else 'error'}
 
     def _find(self, ident: str, kind: str):
@@ -395,6 +489,9 @@ class Node:
                 'exports': len(self._handles),
                 'nbd_connections': self.exporters['nbd'].connections(),
                 'jobs_running': running,
+                'reconcile': dict(self.reconciler.status(),
+                                  last_pass_at=iso_time(
+                                      self.reconciler.last_pass_at)),
                 'capacity': {k: sum(p[k] for p in pools) for k in
                              ('total', 'free', 'allocated', 'provisioned')},
             }}
@@ -422,15 +519,19 @@ class Node:
     def create_volume(self, name: str, size: int, pool: str | None = None,
                       provisioning: str | None = None,
                       source: dict | None = None,
-                      ident: str | None = None) -> tuple[dict, bool]:
+                      ident: str | None = None,
+                      incarnation: str | None = None) -> tuple[dict, bool]:
         """Create a volume; returns ``(view, created)``.
 
         ``source``: ``{'snapshot_id': id}`` or ``{'volume_id': id}`` makes
-        a clone, in the source's pool.
+        a clone, in the source's pool. ``incarnation``: see
+        storage_engine/incarnation.py.
         """
         names.check_name(name, 'volume name')
         ident = names.check_id(ident) if ident is not None \
             else names.new_id()
+        if incarnation is not None:
+            incarnation_mod.check(incarnation)
         if provisioning not in (None, 'thin', 'thick'):
             raise errors.InvalidArgument(
                 'provisioning must be thin or thick, not %r'
@@ -451,7 +552,8 @@ class Node:
                        'provisioning': 'thin' if thin else 'thick',
                        'source': source}
             replay = self._claim(VOLUME, ident, name, request,
-                                 {'pool': pool, 'source': source})
+                                 {'pool': pool, 'source': source},
+                                 incarnation)
             if replay is not None:
                 return replay, False
             try:
@@ -464,9 +566,10 @@ class Node:
                 else:
                     vg.create_volume(name, size, thin=thin, volume_id=ident)
             except BaseException:
-                self._drop_keys(self._nkey(name), self._vkey(ident))
+                self._undo(self._nkey(name), self._vkey(ident))
                 raise
-            self._settle(ident, state=AVAILABLE)
+            with self._recording('the create of volume %s' % ident):
+                self._settle(ident, state=AVAILABLE)
             LOG.info('created volume %s (%s) in pool %s', name, ident, pool)
             return self.volume(ident), True
 
@@ -533,28 +636,55 @@ class Node:
                 for undo in reversed(done):
                     undo()
                 if rename:
-                    self._drop_keys(self._nkey(name))
+                    self._undo(self._nkey(name))
                 raise
             if rename:
-                self._settle(ident, name=name)
-                self._drop_keys(self._nkey(info.name))
+                with self._recording('the rename of volume %s' % ident):
+                    self._settle(ident, name=name)
+                    self._drop_keys(self._nkey(info.name))
             return self.volume(ident)
 
-    def delete_volume(self, ident: str) -> None:
+    def delete_volume(self, ident: str,
+                      incarnations: list[str] | None = None,
+                      remove_exports: bool = False) -> None:
+        """Delete a volume: only the incarnations named, if any are (see
+        storage_engine/incarnation.py); refused while it is exported unless
+        ``remove_exports``, which withdraws its exports first (what a
+        detach that never arrived left), and only if the delete applies.
+        """
         ident = names.check_id(ident)
-        with self._lock(ident):
-            pool, info, rec = self._find(ident, VOLUME)
-            self._refuse_if_exported(ident, info.name)
-            self._refuse_if_job(ident, info.name)
-            snaps = self.pools[pool].snapshots(ident)
-            if snaps:
-                raise errors.Busy(
-                    'volume %s has snapshots (%s); delete them first'
-                    % (info.name, ', '.join(s.name for s in snaps)),
-                    snapshots=[s.id for s in snaps])
-            self._settle(ident, state=DELETING)
-            self._finish_delete(pool, ident, info.name, VOLUME)
-            LOG.info('deleted volume %s (%s)', info.name, ident)
+        if incarnations is not None:
+            incarnations = [incarnation_mod.check(t) for t in incarnations]
+        while True:
+            exports = sorted(self._exports_of(ident)) if remove_exports \
+                else []
+            with self._lock(ident, *exports):
+                if remove_exports and \
+                        sorted(self._exports_of(ident)) != exports:
+                    continue            # exported meanwhile: lock those too
+                pool, info, rec = self._find(ident, VOLUME)
+                incarnation_mod.refuse(VOLUME, ident, rec.get('incarnation'),
+                                       incarnations)
+                if not remove_exports:
+                    self._refuse_if_exported(ident, info.name)
+                self._refuse_if_job(ident, info.name)
+                snaps = self.pools[pool].snapshots(ident)
+                if snaps:
+                    raise errors.Busy(
+                        'volume %s has snapshots (%s); delete them first'
+                        % (info.name, ', '.join(s.name for s in snaps)),
+                        snapshots=[s.id for s in snaps])
+                for export_id in exports:
+                    self._remove_export(export_id)
+                with self._recording('the delete of volume %s' % ident):
+                    self._settle(ident, state=DELETING)
+                    self._finish_delete(pool, ident, info.name, VOLUME)
+                LOG.info('deleted volume %s (%s)', info.name, ident)
+                return
+
+    def _exports_of(self, ident: str) -> list[str]:
+        return [e for e, (rec, _r) in self._mine('exports').items()
+                if rec.get('volume_id') == ident]
 
     def _finish_delete(self, pool: str, ident: str, name: str,
                        kind: str) -> None:
@@ -581,8 +711,7 @@ class Node:
                 pass
 
     def _refuse_if_exported(self, ident: str, name: str) -> None:
-        exports = [e for e, (rec, _r) in self._mine('exports').items()
-                   if rec.get('volume_id') == ident]
+        exports = self._exports_of(ident)
         if exports:
             raise errors.Busy('%s is exported (exports %s); remove the '
                               'exports first' % (name, ', '.join(exports)),
@@ -710,39 +839,52 @@ class Node:
         return self._snapshot_view(pool, info, rec)
 
     def create_snapshot(self, volume_id: str, name: str,
-                        ident: str | None = None) -> tuple[dict, bool]:
+                        ident: str | None = None,
+                        incarnation: str | None = None
+                        ) -> tuple[dict, bool]:
         names.check_name(name, 'snapshot name')
         volume_id = names.check_id(volume_id)
         ident = names.check_id(ident) if ident is not None \
             else names.new_id()
+        if incarnation is not None:
+            incarnation_mod.check(incarnation)
         with self._lock(ident, volume_id):
             pool, _info, _rec = self._find(volume_id, VOLUME)
             request = {'name': name, 'volume_id': volume_id}
             replay = self._claim(SNAPSHOT, ident, name, request,
-                                 {'pool': pool, 'volume_id': volume_id})
+                                 {'pool': pool, 'volume_id': volume_id},
+                                 incarnation)
             if replay is not None:
                 return replay, False
             try:
                 self.pools[pool].create_snapshot(volume_id, name,
                                                  snapshot_id=ident)
             except BaseException:
-                self._drop_keys(self._nkey(name), self._vkey(ident))
+                self._undo(self._nkey(name), self._vkey(ident))
                 raise
-            self._settle(ident, state=AVAILABLE)
+            with self._recording('the create of snapshot %s' % ident):
+                self._settle(ident, state=AVAILABLE)
             LOG.info('created snapshot %s (%s) of volume %s', name, ident,
                      volume_id)
             return self.snapshot(ident), True
 
-    def delete_snapshot(self, ident: str) -> None:
+    def delete_snapshot(self, ident: str,
+                        incarnations: list[str] | None = None) -> None:
+        """Delete a snapshot (only the incarnations named, if any are)."""
         ident = names.check_id(ident)
+        if incarnations is not None:
+            incarnations = [incarnation_mod.check(t) for t in incarnations]
         with self._lock(ident):
-            pool, info, _rec = self._find(ident, SNAPSHOT)
+            pool, info, rec = self._find(ident, SNAPSHOT)
+            incarnation_mod.refuse(SNAPSHOT, ident, rec.get('incarnation'),
+                                   incarnations)
             self._refuse_if_exported(ident, info.name)
             # Refused while clones read through it: say so before marking
             # the record, so a refusal changes nothing.
             self.pools[pool].check_snapshot_deletable(ident)
-            self._settle(ident, state=DELETING)
-            self._finish_delete(pool, ident, info.name, SNAPSHOT)
+            with self._recording('the delete of snapshot %s' % ident):
+                self._settle(ident, state=DELETING)
+                self._finish_delete(pool, ident, info.name, SNAPSHOT)
             LOG.info('deleted snapshot %s (%s)', info.name, ident)
 
     # -- exports --------------------------------------------------------------
@@ -757,6 +899,7 @@ class Node:
                 'protocol': self._protocol(rec), 'hosts': rec['hosts'],
                 'read_only': rec['read_only'],
                 'connection': exporter.connection(rec),
+                'incarnation': rec.get('incarnation'),
                 'created_at': iso_time(rec['created_at'])}
 
     def list_exports(self, volume_id: str | None = None) -> list[dict]:
@@ -769,18 +912,27 @@ class Node:
 
     def export(self, ident: str) -> dict:
         ident = names.check_id(ident)
-        rec = self._export_record(ident)
+        rec, _rev = self._export_record(ident)
         return self._export_view(ident, rec)
 
-    def _export_record(self, ident: str) -> dict:
-        try:
-            rec, _rev = self.store.get(self._ekey(ident))
-        except metastore.NotFound:
-            rec = None
-        if rec is None or rec.get('node') != self.name:
-            raise errors.NotFound('export %s not found on node %s'
-                                  % (ident, self.name), id=ident)
-        return rec
+    def _export_record(self, ident: str) -> tuple[dict, int]:
+        """This node's export ``ident``; one whose removal was interrupted
+        is finished on the spot, and is then not found.
+        """
+        for attempt in (0, 1):
+            try:
+                rec, rev = self.store.get(self._ekey(ident))
+            except metastore.NotFound:
+                rec = None
+            if rec is None or rec.get('node') != self.name:
+                raise errors.NotFound('export %s not found on node %s'
+                                      % (ident, self.name), id=ident)
+            if rec.get('state') != DELETING:
+                return rec, rev
+            if not attempt:
+                with self._lock(ident):
+                    self.reconciler.export(ident)
+        raise errors.Busy('export %s is being removed' % ident, id=ident)
 
     def _exporter(self, protocol) -> Exporter:
         try:
@@ -798,15 +950,28 @@ class Node:
                 'hosts must be a non-empty list of the hosts admitted')
         return exporter.check_hosts(hosts)
 
-    def _replay_export(self, ident: str, request: dict) -> dict | None:
+    def _replay_export(self, ident: str, request: dict,
+                       incarnation: str | None) -> dict | None:
         """The view of export ``ident`` if this exact create was made
-        before, None if the id is free; AlreadyExists if it is taken.
+        before (which makes it the replay's incarnation), None if the id
+        is free; AlreadyExists if it is taken. The caller holds the lock.
         """
         try:
-            old, _rev = self.store.get(self._ekey(ident))
+            old, rev = self.store.get(self._ekey(ident))
         except metastore.NotFound:
             return None
+        if old.get('node') == self.name and old.get('state') == DELETING:
+            # A removal that was interrupted: finish it, then make anew.
+            self.reconciler.export(ident)
+            return self._replay_export(ident, request, incarnation)
         if old.get('node') == self.name and old.get('request') == request:
+            if incarnation is not None and \
+                    old.get('incarnation') != incarnation:
+                old['incarnation'] = incarnation
+                self.store.put(self._ekey(ident), old, expect_revision=rev)
+            if ident not in self._handles:
+                # Recorded by a create the store failed under: serve it.
+                self.reconciler.export(ident)
             return self._export_view(ident, old)
         raise errors.AlreadyExists(
             'export id %s is already in use by another export' % ident,
@@ -848,10 +1013,13 @@ class Node:
 
     def create_export(self, volume_id: str, hosts: list,
                       protocol: str = 'nbd', read_only: bool = False,
-                      ident: str | None = None) -> tuple[dict, bool]:
+                      ident: str | None = None,
+                      incarnation: str | None = None) -> tuple[dict, bool]:
         volume_id = names.check_id(volume_id)
         ident = names.check_id(ident) if ident is not None \
             else names.new_id()
+        if incarnation is not None:
+            incarnation_mod.check(incarnation)
         exporter = self._exporter(protocol)
         hosts = self._check_hosts(exporter, hosts)
         with self._lock(ident, volume_id):
@@ -864,7 +1032,7 @@ class Node:
             read_only = bool(read_only) or kind == SNAPSHOT
             request = {'volume_id': volume_id, 'hosts': hosts,
                        'protocol': protocol, 'read_only': read_only}
-            replay = self._replay_export(ident, request)
+            replay = self._replay_export(ident, request, incarnation)
             if replay is not None:
                 return replay, False
             # The address first, then the record that holds it: a crash
@@ -873,10 +1041,13 @@ class Node:
             number = self._claim_number(exporter, ident)
             try:
                 rec = dict(request, node=self.name, request=request,
+                           state=AVAILABLE, incarnation=incarnation,
                            created_at=time.time(),
                            **exporter.address(ident, number))
                 try:
-                    self.store.create(self._ekey(ident), rec)
+                    with self._recording('the export of %s as %s'
+                                         % (volume_id, ident)):
+                        self.store.create(self._ekey(ident), rec)
                 except metastore.KeyExists:
                     # Another node made an export with this id meanwhile
                     # (one node's creates of one id run in turn).
@@ -886,10 +1057,15 @@ class Node:
                 try:
                     self._publish(ident, rec, pool)
                 except BaseException:
-                    self._drop_keys(self._ekey(ident))
+                    self._undo(self._ekey(ident))
                     raise
             except BaseException:
-                self._release_number(exporter, number, ident)
+                try:
+                    self._release_number(exporter, number, ident)
+                except errors.EngineError as exc:
+                    LOG.warning('could not give back the address of export '
+                                '%s (%s); the node does when the metadata '
+                                'store answers', ident, exc)
                 raise
             LOG.info('exported %s %s as %s over %s to %s', kind, info.name,
                      ident, protocol, ', '.join(hosts))
@@ -899,21 +1075,53 @@ class Node:
         handle = self.pools[pool].open_volume(rec['volume_id'])
         self.exporters[self._protocol(rec)].publish(
             ident, rec, handle, '%s %s' % (rec['volume_id'], handle.name))
-        self._handles[ident] = handle
+        self._handles[ident] = (rec, handle)
 
-    def delete_export(self, ident: str) -> None:
+    def _withdraw(self, ident: str) -> None:
+        """Stop serving export ``ident`` (if it is served)."""
+        served = self._handles.pop(ident, None)
+        if served is not None:
+            rec = served[0]
+            self.exporters[self._protocol(rec)].withdraw(ident, rec)
+
+    def delete_export(self, ident: str,
+                      incarnations: list[str] | None = None) -> None:
+        """Remove an export (only the incarnations named, if any are)."""
         ident = names.check_id(ident)
+        if incarnations is not None:
+            incarnations = [incarnation_mod.check(t) for t in incarnations]
         with self._lock(ident):
-            rec = self._export_record(ident)
-            exporter = self.exporters[self._protocol(rec)]
-            exporter.withdraw(ident, rec)
-            self._handles.pop(ident, None)
-            self._drop_keys(self._ekey(ident))
-            # After the record: a crash in between leaves a claim no
-            # record holds, given back at the next start.
+            rec, _rev = self._export_record(ident)
+            incarnation_mod.refuse('export', ident, rec.get('incarnation'),
+                                   incarnations)
+            self._remove_export(ident)
+
+    def _remove_export(self, ident: str) -> None:
+        """Mark export ``ident`` being removed, then remove it. The caller
+        holds its lock.
+        """
+        rec, rev = self._export_record(ident)
+        with self._recording('the removal of export %s' % ident):
+            # Marked first: if the store fails later, the reconciler
+            # finishes the removal instead of serving the export again.
+            rev = self.store.put(self._ekey(ident),
+                                 dict(rec, state=DELETING),
+                                 expect_revision=rev)
+            self._finish_export_delete(ident, rec, rev)
+        LOG.info('removed export %s of %s', ident, rec['volume_id'])
+
+    def _finish_export_delete(self, ident: str, rec: dict, rev: int) -> None:
+        exporter = self.exporters.get(self._protocol(rec))
+        self._withdraw(ident)
+        try:
+            self.store.delete(self._ekey(ident), expect_revision=rev)
+        except metastore.NotFound:
+            pass
+        # After the record: an interruption in between leaves a claim no
+        # record holds, which the reconciler gives back.
+        if exporter is not None:
             self._release_number(exporter, self._number(exporter, rec),
                                  ident)
-            LOG.info('removed export %s of %s', ident, rec['volume_id'])
 
     @staticmethod
     def _number(exporter: Exporter, rec: dict) -> int | None:
@@ -944,75 +1152,16 @@ class Node:
                     'does not serve now (%s): restore the configuration '
                     'it had' % (ident, self.name, then, now), id=ident)
 
-    def _restore_exports(self) -> None:
-        exports = self._mine('exports')
-        self._check_restorable(exports)
-        for ident, (rec, _rev) in exports.items():
-            exporter = self.exporters[self._protocol(rec)]
-            target = self._mine_one(rec['volume_id'])
-            if target is None:
-                LOG.warning('export %s names %s, which is gone: dropped',
-                            ident, rec['volume_id'])
-                self._drop_keys(self._ekey(ident))
-                self._release_number(exporter, self._number(exporter, rec),
-                                     ident)
-                continue
-            self._publish(ident, rec, target)
-        for exporter in self.exporters.values():
-            self._release_unrecorded(exporter)
-
-    def _release_unrecorded(self, exporter: Exporter) -> None:
-        """Give back this node's claims of ``exporter``'s numbers that no
-        export record holds (a create or delete interrupted between its
-        steps).
-        """
-        addresses = exporter.addresses
-        if addresses is None:
-            return
-        held = {(ident, self._number(exporter, rec))
-                for ident, (rec, _rev) in self._mine('exports').items()
-                if self._protocol(rec) == exporter.protocol}
-        for key, (claim, rev) in self.store.list(addresses.prefix).items():
-            number = key.rsplit('/', 1)[1]
-            if claim.get('node') != self.name:
-                LOG.warning('%s is claimed by node %s, not by this node %s',
-                            key, claim.get('node'), self.name)
-                continue
-            if not number.isdigit() or \
-                    (claim.get('export'), int(number)) in held:
-                continue
-            LOG.info('releasing %s, claimed for export %s, which has no '
-                     'record', key, claim.get('export'))
-            try:
-                self.store.delete(key, expect_revision=rev)
-            except (metastore.NotFound, metastore.RevisionMismatch):
-                pass
-
     # -- start and stop -------------------------------------------------------
 
     def start(self) -> None:
-        """Reconcile the store with the groups, then restore exports and
-        resume jobs. Runs before the node serves anything.
+        """Reconcile the store with the groups, restore the exports and
+        resume the jobs (reconcile.py), then keep reconciling in the
+        background. Runs before the node serves anything.
         """
-        present = self._present()
-        for ident, (rec, _rev) in self._mine('volumes').items():
-            self._reconcile(ident, rec, present.get(ident))
-        # Read both again: finishing a delete changed them.
-        records = self._mine('volumes')
-        for ident, (pool, info) in self._present().items():
-            if ident not in records:
-                self._adopt(pool, info)
-        self._reconcile_names()
-        self._restore_exports()
-        for ident, (rec, _rev) in self._mine('jobs').items():
-            target = self._mine_one(rec['volume_id'])
-            if target is None:
-                self._drop_keys(self._jkey(ident))
-                continue
-            LOG.info('resuming job %s (%s of %s)', ident, rec['kind'],
-                     rec['volume_id'])
-            self._start_flatten(ident, rec['volume_id'], target,
-                                rec['created_at'])
+        self._check_restorable(self._mine('exports'))
+        self.reconciler.run()
+        self.reconciler.watch()
 
     def _present(self) -> dict:
         """``{id: (pool, VolumeInfo)}`` of everything the groups hold."""
@@ -1032,79 +1181,16 @@ class Node:
             return None
         return rec['pool']
 
-    def _reconcile(self, ident: str, rec: dict, found) -> None:
-        state = rec.get('state')
-        if state == DELETING:
-            LOG.info('finishing the delete of %s %s', rec['kind'], ident)
-            if rec.get('pool') in self.pools:
-                self._finish_delete(rec['pool'], ident, rec['name'],
-                                    rec['kind'])
-            return
-        if found is None:
-            if state == CREATING:
-                LOG.info('undoing the unfinished create of %s %s',
-                         rec.get('kind'), ident)
-                self._drop_name(rec.get('name'), ident)
-                self._drop_keys(self._vkey(ident))
-            else:
-                LOG.error('%s %s (%s) is recorded in pool %s but the pool '
-                          'does not hold it', rec.get('kind'), ident,
-                          rec.get('name'), rec.get('pool'))
-            return
-        pool, info = found
-        changes = {}
-        if state == CREATING:
-            changes['state'] = AVAILABLE
-        if rec.get('name') != info.name:
-            # A rename that crashed after the group's part.
-            changes['name'] = info.name
-        if rec.get('pool') != pool:
-            changes['pool'] = pool
-        if changes:
-            LOG.info('%s %s: recorded %s', rec.get('kind'), ident, changes)
-            self._settle(ident, **changes)
-
-    def _adopt(self, pool: str, info) -> None:
-        """Record a volume the group holds but the store does not (made
-        offline with ``storage-engine vg``, or a store restored from an
-        older backup).
-        """
-        kind = SNAPSHOT if info.kind == SNAPSHOT else VOLUME
-        try:
-            self.store.create(self._nkey(info.name),
-                              {'id': info.id, 'node': self.name})
-        except metastore.KeyExists:
-            LOG.error('%s %s (%s) in pool %s is not recorded and its name '
-                      'is taken in the metadata store: not adopted', kind,
-                      info.name, info.id, pool)
-            return
-        extra = {'volume_id': info.origin_id} if kind == SNAPSHOT else {
-            'source': None}
-        self.store.create(self._vkey(info.id), dict(
-            extra, node=self.name, kind=kind, name=info.name, pool=pool,
-            state=AVAILABLE, request=None))
-        LOG.info('adopted %s %s (%s) of pool %s', kind, info.name, info.id,
-                 pool)
-
-    def _reconcile_names(self) -> None:
-        """Drop names this node claimed for objects that do not hold them
-        (a create or rename interrupted before it finished).
-        """
-        records = self._mine('volumes')
-        for name, (rec, rev) in self._mine('names').items():
-            owner = records.get(rec.get('id'), (None, 0))[0]
-            if owner is None or owner.get('name') != name:
-                LOG.info('dropping stale name claim %s', name)
-                try:
-                    self.store.delete(self._nkey(name), expect_revision=rev)
-                except (metastore.NotFound, metastore.RevisionMismatch):
-                    pass
+    def _job_known(self, ident: str) -> bool:
+        with self._jobs_lock:
+            return ident in self._jobs
 
     def close(self) -> None:
         """Stop jobs, close the groups (each writes a checkpoint)."""
         if self._closed:
             return
         self._closed = True
+        self.reconciler.stop()
         # Running jobs stop at their next progress report; the groups
         # close only after them.
         self._job_threads.shutdown(wait=True, cancel_futures=True)

@@ -72,6 +72,11 @@ node_opts = [
     cfg.StrOpt('default_provisioning', default='thin',
                choices=['thin', 'thick'],
                help='Provisioning of volumes created without one.'),
+    cfg.FloatOpt('reconcile_interval', default=300.0, min=0.0,
+                 help='Seconds between two passes that finish or undo '
+                      'operations an interruption left half done (a '
+                      'pass also runs as soon as the metadata store '
+                      'answers again after failing); 0: only then.'),
 ]
 
 api_opts = [
@@ -395,7 +400,8 @@ class Service:
             conf.node_name, self.store, pools,
             conf.default_pool or conf.pools[0],
             conf.default_provisioning == 'thin', exporters,
-            version=version.version_string())
+            version=version.version_string(),
+            reconcile_interval=conf.reconcile_interval)
         await call(None, self.node.start)
         self.api = api_mod.API(self.node, conf.api.auth_token)
         self.runner = web.AppRunner(self.api.app(), handle_signals=False,

@@ -207,6 +207,10 @@ def test_a_repeated_create_with_an_id_makes_one_volume(node):
     vid = str(uuid.uuid4())
     first = ok(node, 'volume', 'create', 'v1', '1G', '--id', vid)
     again = ok(node, 'volume', 'create', 'v1', '1G', '--id', vid)
+    # The same volume, now the incarnation of the repeat (each command
+    # is its own client, with its own token).
+    assert first['incarnation'] != again['incarnation']
+    first.pop('incarnation'), again.pop('incarnation')
     assert first == again and first['id'] == vid
     assert len(ok(node, 'volume', 'list')) == 1
     # Same id, another body: a conflict.

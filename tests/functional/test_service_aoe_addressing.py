@@ -384,6 +384,7 @@ def test_an_nbd_export_record_of_the_previous_version_is_restored(h):
         'connection': {'protocol': 'nbd', 'host': '127.0.0.1',
                        'port': 10809, 'export_name': ident,
                        'tls_mode': 'off'},
+        'incarnation': None,
         'created_at': '2023-11-14T22:13:20Z'}
     assert h.keys('aoe/slots') == {}
     node.delete_export(ident)

@@ -22,6 +22,7 @@ from tests.unit.cannedhttp import error
 from tests.unit.cannedhttp import RESET
 
 VID = '0b9f9c7e-6a57-4c6e-9d3c-0d1b4c8f2a11'
+VID2 = '5c1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e'
 JID = '5e0c2f9a-3b1d-4f5e-8a7b-9c6d5e4f3a21'
 
 
@@ -273,8 +274,12 @@ def test_a_retried_create_sends_the_same_id(server, client, no_sleep):
     assert len(bodies) == 3
     assert bodies[0] == bodies[1] == bodies[2]
     assert uuid.UUID(bodies[0]['id'])
+    # One create, one incarnation, however many times it is sent.
     assert bodies[0] == {'id': bodies[0]['id'], 'name': 'v1',
-                         'size': 1 << 30}
+                         'size': 1 << 30,
+                         'incarnation': bodies[0]['incarnation']}
+    assert client.issued.sent('volume', bodies[0]['id']) == \
+        [bodies[0]['incarnation']]
 
 
 @pytest.mark.parametrize('call, path, body', [
@@ -298,7 +303,9 @@ def test_a_retried_create_sends_the_same_id(server, client, no_sleep):
 def test_create_bodies(server, client, call, path, body):
     server.answer('POST', path, (201, {'id': 'i'}))
     assert call(client) == {'id': 'i'}
-    assert server.sent('POST', path)[0].json() == body
+    sent = server.sent('POST', path)[0].json()
+    assert len(sent.pop('incarnation')) == 32
+    assert sent == body
 
 
 def test_a_clone_has_one_source(client):
@@ -312,6 +319,86 @@ def test_a_delete_whose_answer_was_lost_is_done(server, client, no_sleep):
     server.answer('DELETE', path, RESET, (404, error('volume_not_found')))
     assert client.delete_volume(VID) is None
     assert len(server.sent('DELETE', path)) == 2
+
+
+# -- incarnations (storage_engine/incarnation.py) -----------------------------
+
+def _incarnations(request) -> list:
+    return urllib.parse.parse_qs(request.query).get('incarnation', [])
+
+
+@pytest.mark.parametrize('kind, create, delete', [
+    ('volumes', lambda c: c.create_volume('v', 512, id=VID),
+     lambda c: c.delete_volume(VID)),
+    ('snapshots', lambda c: c.create_snapshot(VID2, 's', id=VID),
+     lambda c: c.delete_snapshot(VID)),
+    ('exports', lambda c: c.create_export(VID2, ['10.0.0.1'], id=VID),
+     lambda c: c.delete_export(VID)),
+], ids=['volume', 'snapshot', 'export'])
+def test_a_delete_names_the_incarnations_its_client_created(
+        server, client, kind, create, delete):
+    server.answer('POST', '/' + kind, (201, {'id': VID}),
+                  (200, {'id': VID}))
+    server.answer('DELETE', '/%s/%s' % (kind, VID), (204, None),
+                  (204, None))
+    create(client)
+    create(client)
+    delete(client)
+    tokens = [r.json()['incarnation'] for r in server.sent('POST',
+                                                           '/' + kind)]
+    assert len(set(tokens)) == 2
+    assert sorted(_incarnations(server.sent('DELETE')[0])) == sorted(tokens)
+    # Done: the next delete (of a later create by another client, say)
+    # names nothing this client no longer holds.
+    delete(client)
+    assert _incarnations(server.sent('DELETE')[1]) == []
+
+
+def test_a_delete_names_only_creates_made_before_it(server, client,
+                                                    no_sleep):
+    """The tokens are those of the creates sent before the delete was asked
+    for: a create sent while the delete is retrying (Cinder's rescheduled
+    create) is not named by it, so the delete cannot remove it.
+    """
+    server.answer('POST', '/volumes', (201, {'id': VID}), (200, {'id': VID}))
+    server.answer('DELETE', '/volumes/' + VID, (503, error('unavailable')),
+                  (412, error('incarnation_mismatch')))
+    client.create_volume('v', 512, id=VID)
+    first = client.issued.sent('volume', VID)
+    real = client.session.request
+    created = []
+
+    def request(method, url, **kwargs):
+        response = real(method, url, **kwargs)
+        if method == 'DELETE' and not created:
+            created.append(client.create_volume('v', 512, id=VID))
+        return response
+
+    client.session.request = request
+    with pytest.raises(errors.IncarnationMismatch):
+        client.delete_volume(VID)
+    deletes = server.sent('DELETE')
+    assert len(deletes) == 2
+    assert [_incarnations(r) for r in deletes] == [first, first]
+    assert len(client.issued.sent('volume', VID)) == 2
+
+
+def test_a_delete_without_creates_names_none(server, client):
+    server.answer('DELETE', '/volumes/' + VID, (204, None))
+    client.delete_volume(VID, remove_exports=True)
+    query = urllib.parse.parse_qs(server.sent('DELETE')[0].query)
+    assert query == {'remove_exports': ['true']}
+
+
+def test_a_mismatch_is_its_own_error(server, client):
+    server.answer('POST', '/volumes', (201, {'id': VID}))
+    client.create_volume('v', 512, id=VID)
+    server.answer('DELETE', '/volumes/' + VID,
+                  (412, error('incarnation_mismatch')))
+    with pytest.raises(errors.IncarnationMismatch):
+        client.delete_volume(VID)
+    # Not done: the tokens stay, for a delete asked for later.
+    assert client.issued.sent('volume', VID)
 
 
 def test_a_delete_of_nothing_is_not_found(server, client):
