@@ -44,6 +44,7 @@ import dataclasses
 import itertools
 import time
 
+from storage_engine import devices
 from storage_engine import errors
 from storage_engine.volstore import allocator as allocator_mod
 from storage_engine.volstore import checkpoint
@@ -70,13 +71,23 @@ class CheckReport:
 
 
 def check_group(pv0_path: str, pv_paths: dict | None = None) -> CheckReport:
-    """Check a group that is not open anywhere, changing nothing on disk."""
+    """Check a group that is not open anywhere, changing nothing on disk.
+
+    A group some process holds (a running ``storage-engine serve``)
+    raises :class:`errors.GroupInUse`: it is checked online, through that
+    process.
+    """
     from storage_engine.volstore import group as group_mod
     try:
         vg = group_mod.VolumeGroup.open(pv0_path, pv_paths, read_only=True)
     except errors.GroupLocked as e:
-        return CheckReport(pv0_path, errors=[
-            '%s; check it through the service that holds it' % e])
+        name = _group_name(pv0_path)
+        raise errors.GroupInUse(
+            'volume group %s (%s) is in use by a running process '
+            '(storage-engine serve?); check it online with '
+            '`storage-engine pool check %s`'
+            % (name or '?', pv0_path, name or 'NAME'),
+            path=pv0_path, group=name) from e
     except errors.MetadataError as e:
         report = CheckReport(pv0_path, errors=[str(e)])
         report.errors.extend(e.details.get('problems', []))
@@ -92,6 +103,28 @@ def check_group(pv0_path: str, pv_paths: dict | None = None) -> CheckReport:
         return report
     finally:
         vg.close()
+
+
+def _group_name(pv0_path: str) -> str | None:
+    """The name in PV0's newest superblock, read without its lock (the
+    process holding the group only ever writes a slot it does not read).
+    """
+    try:
+        dev = devices.Device.open(pv0_path, read_only=True)
+    except errors.EngineError:
+        return None
+    try:
+        best = None
+        for slot in layout.SUPERBLOCK_SLOTS:
+            got = layout.decode_superblock(
+                dev.pread(layout.SUPERBLOCK_SIZE, slot))
+            if got and (best is None or got[0] > best[0]):
+                best = got
+        return best[1].get('name') if best else None
+    except errors.EngineError:
+        return None
+    finally:
+        dev.close()
 
 
 def check_open_group(vg) -> CheckReport:

@@ -182,6 +182,7 @@ def test_serve_runs_the_service_command(capsys):
     (errors.EngineError, 8), (errors.MetadataError, 8),
     (errors.DeviceError, 8), (errors.GroupClosed, 8),
     (client_mod.JobTimeout, 8), (ms_errors.StoreError, 8),
+    (errors.GroupInUse, 9),
 ], ids=lambda x: getattr(x, '__name__', str(x)))
 def test_exit_codes(exc, code):
     assert exits.for_error(exc('x')) == code
