@@ -341,6 +341,14 @@ class Client:
     def pool(self, name: str) -> dict:
         return self._json('GET', self._path('pools', name))
 
+    def check_pool(self, name: str) -> dict:
+        """Run the pool's consistency check on the node; the report.
+
+        ``ok`` false is an answer (the problems are in ``errors``), not
+        an exception. The check changes nothing: retried freely.
+        """
+        return self._json('POST', self._path('pools', name, 'check'))
+
     # -- volumes --------------------------------------------------------------
 
     def volumes(self, pool: str | None = None,

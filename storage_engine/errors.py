@@ -101,6 +101,14 @@ class IncarnationMismatch(EngineError):
     errno = _errno.ESTALE
 
 
+class GroupInUse(GroupLocked):
+    """An offline command was given a group a running process serves; the
+    process (the storage node) is the way to it.
+    """
+
+    code = 'group_in_use'
+
+
 class ReadOnly(EngineError):
     code = 'read_only'
     errno = _errno.EPERM

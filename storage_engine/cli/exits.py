@@ -8,7 +8,7 @@ same classes as the engine in-process), never by its message.
 from storage_engine import errors
 
 OK = 0
-PROBLEMS = 1        # vg check found problems, or a job failed
+PROBLEMS = 1        # vg or pool check found problems, or a job failed
 USAGE = 2           # bad usage or an invalid argument
 NOT_FOUND = 3
 CONFLICT = 4        # already exists, busy, read-only
@@ -16,8 +16,11 @@ NO_SPACE = 5
 UNAUTHORIZED = 6
 UNAVAILABLE = 7     # node unreachable or not ready
 ERROR = 8           # any other error
+IN_USE = 9          # vg check: a running process holds the group
 
 _BY_CLASS = (
+    # Before Busy, its ancestor: the first class that matches wins.
+    (errors.GroupInUse, IN_USE),
     (errors.InvalidArgument, USAGE),
     (errors.NotFound, NOT_FOUND),
     (errors.AlreadyExists, CONFLICT),
@@ -31,7 +34,7 @@ _BY_CLASS = (
 EPILOG = """\
 exit codes:
   0  success
-  1  a check found problems (vg check), or a job failed
+  1  a check found problems (vg check, pool check), or a job failed
   2  bad usage or invalid argument
   3  not found
   4  conflict (already exists, busy)
@@ -39,6 +42,8 @@ exit codes:
   6  unauthorized (wrong or missing token)
   7  unavailable (node unreachable or not ready)
   8  any other error
+  9  the volume group is in use by a running process (vg check: check
+     it online with `storage-engine pool check NAME`)
 """
 
 

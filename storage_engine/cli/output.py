@@ -86,6 +86,18 @@ def duration(seconds: float) -> str:
     return '%ds' % secs
 
 
+def check_report(report: dict) -> None:
+    """A consistency check's report (``vg check``, ``pool check``): one
+    line per problem and note, then the verdict.
+    """
+    for e in report['errors']:
+        print('ERROR: %s' % e)
+    for n in report['notes']:
+        print('note: %s' % n)
+    print('%s: %s' % (report['group'], 'consistent' if report['ok']
+                      else '%d problem(s)' % len(report['errors'])))
+
+
 class ProgressBar:
     """A job's progress redrawn in place, for ``Client.wait_job(progress=)``.
 

@@ -223,6 +223,13 @@ def cmd_pool_show(args: argparse.Namespace) -> int:
     return exits.OK
 
 
+def cmd_pool_check(args: argparse.Namespace) -> int:
+    # The same report, output and exit codes as the offline vg check.
+    report = make_client(args).check_pool(args.name)
+    output.emit(args.format, report, output.check_report)
+    return exits.OK if report['ok'] else exits.PROBLEMS
+
+
 # -- volumes ------------------------------------------------------------------
 
 def cmd_volume_list(args: argparse.Namespace) -> int:
@@ -413,6 +420,12 @@ def add_parsers(sub, parents: list[argparse.ArgumentParser]) -> None:
     pools = resource('pool', 'pools (volume groups) of the node')
     leaf(pools, 'list', cmd_pool_list, 'every pool and its capacity')
     leaf(pools, 'show', cmd_pool_show, 'one pool').add_argument('name')
+    p = leaf(pools, 'check', cmd_pool_check,
+             'consistency check of a pool, online (exit 1 on problems)',
+             description='Check the pool\'s volume group while the node '
+                         'serves it, as vg check\ndoes offline: I/O goes '
+                         'on.')
+    p.add_argument('name')
 
     vols = resource('volume', 'volumes')
     p = leaf(vols, 'list', cmd_volume_list, 'volumes, or those of one pool')

@@ -1,7 +1,8 @@
 """``storage-engine vg``: offline volume-group administration.
 
 These commands open a volume group directly, so the group must not be
-open in a running service (the group's lock says so if it is)::
+open in a running service (the group's lock says so if it is; a group a
+node serves is checked online, with ``storage-engine pool check``)::
 
     storage-engine vg create PV[:SIZE] [PV[:SIZE] ...] [--name N]
                              [--cluster-size 1M] [--journal-size 64M]
@@ -73,19 +74,12 @@ def cmd_vg_show(args: argparse.Namespace) -> int:
 
 
 def cmd_vg_check(args: argparse.Namespace) -> int:
+    # A group in use raises errors.GroupInUse: exits.IN_USE, not PROBLEMS
+    # (nothing was checked).
     report = check_mod.check_group(args.pv0)
     data = dataclasses.asdict(report)
     data['ok'] = report.ok
-
-    def human(d):
-        for e in d['errors']:
-            print('ERROR: %s' % e)
-        for n in d['notes']:
-            print('note: %s' % n)
-        print('%s: %s' % (d['group'], 'consistent' if d['ok']
-                          else '%d problem(s)' % len(d['errors'])))
-
-    output.emit(args.format, data, human)
+    output.emit(args.format, data, output.check_report)
     return exits.OK if report.ok else exits.PROBLEMS
 
 
@@ -115,11 +109,20 @@ def add_parsers(sub, format_parent: argparse.ArgumentParser) -> None:
     p.add_argument('--journal-size', default='64M')
     p.set_defaults(func=cmd_vg_create)
 
-    for name, func, helptext in (
-            ('show', cmd_vg_show, 'capacity, physical volumes, volumes'),
+    for name, func, helptext, more in (
+            ('show', cmd_vg_show, 'capacity, physical volumes, volumes',
+             {}),
             ('check', cmd_vg_check, 'consistency check (exit 1 on '
-                                    'problems)')):
-        p = vgsub.add_parser(name, help=helptext, parents=[format_parent])
+                                    'problems, 9 if a running node holds '
+                                    'the group)',
+             {'description': 'Check a volume group no process has open, '
+                             'changing nothing. A group\na running node '
+                             'serves is refused (exit 9): check it online '
+                             'with\n`storage-engine pool check NAME`.',
+              'epilog': exits.EPILOG,
+              'formatter_class': argparse.RawDescriptionHelpFormatter})):
+        p = vgsub.add_parser(name, help=helptext, parents=[format_parent],
+                             **more)
         p.add_argument('pv0', help='the group\'s first physical volume')
         p.set_defaults(func=func)
 

@@ -261,6 +261,17 @@ class API:
         pool = _pool_name(request.match_info['pool'])
         return web.json_response(await self.call(self.node.pool, pool))
 
+    async def check_pool(self, request):
+        # POST, not GET: it runs a check that reads all of the pool's
+        # metadata and briefly holds its commits, which nothing should do
+        # just because it follows links or polls GETs (crawlers,
+        # prefetchers, monitoring), and its answer is no representation
+        # to cache. It changes nothing, so the client may retry it.
+        _query(request, {})
+        pool = _pool_name(request.match_info['pool'])
+        return web.json_response(await self.call(self.node.check_pool,
+                                                 pool))
+
     # -- volumes ----------------------------------------------------------
 
     async def list_volumes(self, request):
@@ -387,6 +398,7 @@ class API:
             web.get(v + '/node', self.get_node),
             web.get(v + '/pools', self.list_pools),
             web.get(v + '/pools/{pool}', self.get_pool),
+            web.post(v + '/pools/{pool}/check', self.check_pool),
             web.get(v + '/volumes', self.list_volumes),
             web.post(v + '/volumes', self.create_volume),
             web.get(v + '/volumes/{volume_id}', self.get_volume),

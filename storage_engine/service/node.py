@@ -471,6 +471,16 @@ class Node:
     def list_pools(self) -> list[dict]:
         return [self.pool(name) for name in sorted(self.pools)]
 
+    def check_pool(self, name: str) -> dict:
+        """The consistency check of pool ``name``'s group, run online:
+        I/O and other requests go on (see volstore/check.py).
+        """
+        name, vg = self._pool(name)
+        report = vg.check()
+        return {'pool': name, 'group': report.group, 'ok': report.ok,
+                'errors': report.errors, 'notes': report.notes,
+                'stats': report.stats}
+
     def info(self) -> dict:
         pools = self.list_pools()
         with self._jobs_lock:

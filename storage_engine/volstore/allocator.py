@@ -117,6 +117,11 @@ class Allocator:
     def count_used(self, start: int, end: int) -> int:
         return self._used.count(USED, start, end)
 
+    def used_map(self) -> bytes:
+        """A copy of the map, one byte per cluster (consistency check)."""
+        with self._lock:
+            return bytes(self._used)
+
     def used_clusters(self):
         """Yield every used cluster number (consistency check)."""
         used = self._used
@@ -124,3 +129,35 @@ class Allocator:
         while i >= 0:
             yield i
             i = used.find(USED, i + 1)
+
+
+def derive(total: int, checkpoint_runs, volumes) -> tuple['Allocator', list]:
+    """The allocator that ownership implies, and the problems found.
+
+    ``checkpoint_runs`` are the ``(start, count)`` runs the checkpoint in
+    use occupies; ``volumes`` the volumes and snapshots of the model. Each
+    physical cluster must be owned once and lie inside the group. Opening
+    a group and the consistency check both derive it this way, so they
+    cannot disagree about what is owned.
+    """
+    alloc = Allocator(total)
+    problems = []
+    for start, count in checkpoint_runs:
+        for pcl in range(start, start + count):
+            if pcl >= total or not alloc.claim(pcl):
+                problems.append('checkpoint cluster %d is out of range '
+                                'or owned twice' % pcl)
+    for vol in volumes:
+        owned = 0
+        for pcl in vol.map.physical_clusters():
+            owned += 1
+            if pcl >= total:
+                problems.append('%s maps cluster %d past the end of the '
+                                'group' % (vol.name, pcl))
+            elif not alloc.claim(pcl):
+                problems.append('cluster %d is owned twice (again by '
+                                '%s %s)' % (pcl, vol.kind, vol.name))
+        if owned != vol.owned:
+            problems.append('%s %s owns %d clusters, metadata says %d'
+                            % (vol.kind, vol.name, owned, vol.owned))
+    return alloc, problems

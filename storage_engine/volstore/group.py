@@ -93,6 +93,10 @@ class VolumeGroup:
         self._map_batch = {}
         self._map_count = 0
         self._frees = []
+        # Clusters handed out for a first write whose mapping is not
+        # published yet (the data is being written): allocated and owned
+        # by nothing, and no leak (the consistency check skips them).
+        self._filling = set()
         self._failed = None
         self._closed = False
         self.read_only = False
@@ -295,28 +299,10 @@ class VolumeGroup:
 
     def _derive_allocator(self):
         """The allocator from ownership; problems found on the way."""
-        alloc = allocator_mod.Allocator(sum(pv.clusters for pv in self._pvs))
-        total = alloc.total
-        problems = []
-        for start, count in (self._ckpt['runs'] if self._ckpt else ()):
-            for pcl in range(start, start + count):
-                if pcl >= total or not alloc.claim(pcl):
-                    problems.append('checkpoint cluster %d is out of range '
-                                    'or owned twice' % pcl)
-        for vol in self.state.volumes.values():
-            owned = 0
-            for pcl in vol.map.physical_clusters():
-                owned += 1
-                if pcl >= total:
-                    problems.append('%s maps cluster %d past the end of the '
-                                    'group' % (vol.name, pcl))
-                elif not alloc.claim(pcl):
-                    problems.append('cluster %d is owned twice (again by '
-                                    '%s %s)' % (pcl, vol.kind, vol.name))
-            if owned != vol.owned:
-                problems.append('%s %s owns %d clusters, metadata says %d'
-                                % (vol.kind, vol.name, owned, vol.owned))
-        return alloc, problems
+        return allocator_mod.derive(
+            sum(pv.clusters for pv in self._pvs),
+            self._ckpt['runs'] if self._ckpt else (),
+            self.state.volumes.values())
 
     def _read_runs(self, runs, length) -> bytes:
         parts = []
@@ -376,6 +362,7 @@ class VolumeGroup:
         """Make a data-path mapping change visible (durable at next commit)."""
         with self._meta_lock:
             self.state.set_entry(vol, lcl, value)
+            self._filling.discard(value)
             self._map_batch.setdefault(vol.vid, []).append((lcl, value))
             self._map_count += 1
             full = self._map_count >= MAX_PENDING_ENTRIES
@@ -690,7 +677,9 @@ class VolumeGroup:
             with self._meta_lock:
                 thick = not vol.thin and vol.kind == state_mod.VOLUME
                 if thick or self._available() > 0:
-                    return self.allocator.allocate_one()
+                    pcl = self.allocator.allocate_one()
+                    self._filling.add(pcl)
+                    return pcl
                 pending = bool(self._frees)
             if not pending or attempt:
                 break
@@ -698,6 +687,14 @@ class VolumeGroup:
             self.commit()
         raise errors.NoSpace('volume group %s is full: no space for %s'
                              % (self.name, vol.name))
+
+    def abandon_cluster(self, pcl: int) -> None:
+        """Give back a cluster from :meth:`allocate_cluster` that will not
+        be published (filling it failed).
+        """
+        with self._meta_lock:
+            self._filling.discard(pcl)
+            self.allocator.release([pcl])
 
     def set_policy(self, over_subscription_ratio: float | None = None,
                    reserved_percentage: int | None = None) -> None:
@@ -1163,7 +1160,7 @@ class VolumeGroup:
                 ddev, doff = self.locate(pcl)
                 ddev.pwrite(sdev.pread(self.cluster_size, soff), doff)
             except BaseException:
-                self.allocator.release([pcl])
+                self.abandon_cluster(pcl)
                 raise
             self.publish(vol, lcl, pcl)
             return 1
@@ -1210,7 +1207,9 @@ class VolumeGroup:
         return volume_mod.VolumeHandle(self, vol)
 
     def check(self):
-        """Consistency check of the open group (see check.py)."""
+        """Consistency check of the open group, online: I/O and
+        management operations go on while it runs (see check.py).
+        """
         from storage_engine.volstore import check as check_mod
         self._check_usable()
         return check_mod.check_open_group(self)

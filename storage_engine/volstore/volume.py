@@ -254,7 +254,7 @@ class VolumeHandle:
                     dev.zero(base, cs)
                     dev.pwrite(chunk, base + within)
             except BaseException:
-                group.allocator.release([new])
+                group.abandon_cluster(new)
                 raise
             group.publish(vol, lcl, new)
 

@@ -2,8 +2,9 @@
 
 A child process (torture_writer.py) runs random I/O and management
 operations on a volume group and logs each one before and after it runs.
-We kill it at a random instant (sometimes while it is still recovering
-from the previous kill), then:
+We kill it at a random instant, or a tenth of the time have it kill
+itself inside the recovery of the previous kill (at a point we choose:
+mid-replay, or after any one of the recovery's writes); then:
 
 * the consistency check must pass, offline (read-only, changing nothing)
   and after a real recovery;
@@ -17,8 +18,14 @@ from the previous kill), then:
   caught.
 
 The default run does 30 kills; ``--long`` does 500 (``--kills N`` any).
+How many kills landed inside recovery is counted from the writers' logs
+(a ``K`` line), printed and asserted: a kill timed from outside would
+almost never land in a recovery of a millisecond or two, and the parent
+recovers most crashes itself (a read-write open), leaving the next
+writer nothing to recover.
 """
 
+import collections
 import copy
 import json
 import os
@@ -31,7 +38,17 @@ import time
 
 from storage_engine.volstore import check_group
 from storage_engine.volstore import VolumeGroup
+from tests.crash import abandon
 from tests.reliability import torture_writer as writer
+
+# The share of kills that land inside a recovery.
+RECOVERY_KILL_SHARE = 0.1
+# Writes and syncs of a recovery (data sync, checkpoint, its sync,
+# superblock, its sync): ``write:K`` kills after the K-th (0: before the
+# first; the last: all written, the open not returned yet).
+RECOVERY_WRITES = 5
+# Bounds a writer that neither opens the group nor dies (a bug).
+STUCK = 60
 
 SECTOR = writer.SECTOR
 ZERO_SECTOR = bytes(SECTOR)
@@ -176,11 +193,13 @@ def collapse(model, vols):
 class _Child:
     """The writer process and a thread that drains its log."""
 
-    def __init__(self, pv0, seed, token_base):
+    def __init__(self, pv0, seed, token_base, die_in_recovery=None):
         env = dict(os.environ, PYTHONPATH=ROOT)
+        extra = ['--die-in-recovery', die_in_recovery] \
+            if die_in_recovery else []
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'tests.reliability.torture_writer', pv0,
-             str(seed), str(token_base)],
+             str(seed), str(token_base)] + extra,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
         self.lines = []
         self.ready = threading.Event()
@@ -195,6 +214,22 @@ class _Child:
             self.lines.append(line)
             if line.startswith('R '):
                 self.ready.set()
+
+    def exited_or_opened(self, timeout):
+        """Poll until the writer has died or opened the group."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and not self.ready.is_set():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def died_in_recovery(self):
+        """The ``K`` record of a writer that killed itself in recovery."""
+        for line in self.lines:
+            if line.startswith('K '):
+                return json.loads(line[2:])
+        return None
 
     def kill(self):
         if self.proc.poll() is None:
@@ -247,6 +282,24 @@ def candidates_after(model, inflight):
     return [model, other]
 
 
+def leave_a_record_to_replay(pv0):
+    """Commit one record the model does not see (the group's policy, set
+    to what it is) and crash: the next open has to recover.
+    """
+    vg = VolumeGroup.open(pv0)
+    vg.set_policy()
+    abandon(vg)
+
+
+def recovery_point(rng, pending):
+    """Where in a recovery of ``pending`` records a writer kills itself:
+    a third of the time mid-replay, otherwise after one of its writes.
+    """
+    if rng.random() < 1 / 3:
+        return 'replay:%d' % rng.randint(1, pending)
+    return 'write:%d' % rng.randint(0, RECOVERY_WRITES)
+
+
 def test_crash_torture(tmp_path, request):
     kills = request.config.getoption('--kills') or \
         (500 if request.config.getoption('--long') else 30)
@@ -260,22 +313,45 @@ def test_crash_torture(tmp_path, request):
                        journal_size=256 << 10).close()
     model = Model()
     stats = {'ops': 0, 'inflight_mgmt': 0, 'replayed': 0,
-             'killed_in_recovery': 0}
+             'killed_in_recovery': 0, 'primed': 0}
+    # Which kills land in recovery, chosen up front: the kill before each
+    # leaves its recovery to the writer (a read-only check here).
+    in_recovery = set(rng.sample(range(kills),
+                                 max(1, round(kills * RECOVERY_KILL_SHARE))))
+    where = collections.Counter()
+    pending = 0         # journal records the next open replays
     for i in range(kills):
+        point = None
+        if i in in_recovery:
+            if not pending:
+                # The last writer committed nothing after its open (or
+                # died after its recovery was written): give it some.
+                leave_a_record_to_replay(pv0)
+                stats['primed'] += 1
+                pending = 1
+            point = recovery_point(rng, pending)
         child = _Child(pv0, seed=rng.randrange(1 << 30),
-                       token_base=(i + 1) << 32)
-        if rng.random() < 0.1:
-            # Sometimes kill it while it is still opening (recovering).
-            time.sleep(rng.uniform(0.05, 0.4))
-        elif not child.ready.wait(60):
+                       token_base=(i + 1) << 32, die_in_recovery=point)
+        if point is not None:
+            # It kills itself; if it opens the group instead, the count
+            # of kills in recovery comes up short.
+            if not child.exited_or_opened(STUCK):
+                raise AssertionError(
+                    'kill %d (seed %d): the writer neither died in recovery '
+                    'at %s nor opened the group: %s'
+                    % (i, seed, point, child.kill()))
+        elif not child.ready.wait(STUCK):
             raise AssertionError('kill %d (seed %d): the writer never opened '
                                  'the group: %s' % (i, seed, child.kill()))
         else:
             time.sleep(rng.uniform(0.0, 0.25))
         err = child.kill()
-        if not child.ready.is_set():
-            stats['killed_in_recovery'] += 1
         assert 'Traceback' not in err, err
+        died = child.died_in_recovery()
+        if died is not None:
+            stats['killed_in_recovery'] += 1
+            where['mid-replay' if died['where'] == 'replay' else
+                  'after %d writes' % died['writes']] += 1
         done, inflight = _ops(child.lines)
         stats['ops'] += len(done)
         for b, completed in done:
@@ -287,10 +363,11 @@ def test_crash_torture(tmp_path, request):
         report = check_group(pv0)
         assert report.ok, 'kill %d (seed %d): %s' % (i, seed, report.errors)
         # Then a real recovery, or leave recovery to the next child.
-        read_only = rng.random() < 0.3
+        read_only = rng.random() < 0.3 or i + 1 in in_recovery
         vg = VolumeGroup.open(pv0, read_only=read_only)
         try:
             stats['replayed'] += vg.replayed
+            pending = vg.replayed if read_only else 0
             if not read_only:
                 report = vg.check()
                 assert report.ok, 'kill %d: %s' % (i, report.errors)
@@ -304,8 +381,12 @@ def test_crash_torture(tmp_path, request):
         collapse(model, vols)
     print('\ncrash torture: %d kills, %d acknowledged operations, %d journal '
           'records replayed, %d management operations in flight at a kill, '
-          '%d kills during recovery' % (kills, stats['ops'],
-                                        stats['replayed'],
-                                        stats['inflight_mgmt'],
-                                        stats['killed_in_recovery']))
+          '%d kills during recovery (of %d intended; %d recoveries primed: '
+          '%s)' % (kills, stats['ops'], stats['replayed'],
+                   stats['inflight_mgmt'], stats['killed_in_recovery'],
+                   len(in_recovery), stats['primed'],
+                   ', '.join('%s: %d' % kv for kv in sorted(where.items()))))
     assert stats['ops'] > kills, 'the writer hardly ran: %s' % stats
+    assert stats['killed_in_recovery'] >= len(in_recovery), \
+        'only %d of %d kills landed in recovery' % (
+            stats['killed_in_recovery'], len(in_recovery))

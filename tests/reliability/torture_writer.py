@@ -1,12 +1,25 @@
 """The child of the crash torture: a random workload that gets SIGKILLed.
 
 Usage: python -m tests.reliability.torture_writer PV0 SEED TOKEN_BASE
+                                                  [--die-in-recovery AT]
 
 It opens the group (recovering it, if the last child died), then runs
 random operations forever. Each operation is logged to stdout *before* it
 starts (``B {json}``) and *after* it returns (``E {json}``) as one short
 line; the parent reads the log after killing us and knows, for each
-operation, whether it was acknowledged or in flight.
+operation, whether it was acknowledged or in flight. ``R {json}`` says the
+group is open.
+
+With ``--die-in-recovery AT`` it SIGKILLs itself inside the recovery the
+open makes, at a point chosen by the parent, instead of waiting for the
+parent's kill: recovery (replaying the journal, writing a checkpoint of
+the result) takes a millisecond or two, and a kill timed from outside
+almost never lands in it. ``AT`` is ``replay:R``, once the R-th journal
+record is replayed (nothing written yet), or ``write:K``, once the
+recovery has made K writes or syncs to the PVs (its data sync, the
+checkpoint, its sync, the superblock, its sync; 0 is before the first,
+past the last is just before the open returns). It logs ``K {json}``
+first; a K line means the kill landed inside recovery.
 
 Sector contents identify their write: every 512-byte sector written holds
 ``(token, sector)`` repeated, with a token unique across the whole run.
@@ -15,10 +28,13 @@ Sector contents identify their write: every 512-byte sector written holds
 import json
 import os
 import random
+import signal
 import struct
 import sys
 
+from storage_engine import devices
 from storage_engine import errors
+from storage_engine.volstore import journal as journal_mod
 from storage_engine.volstore import VolumeGroup
 
 SECTOR = 512
@@ -42,8 +58,69 @@ def log(kind: str, body: dict) -> None:
     os.write(1, line.encode())
 
 
+def die_in_recovery(at: str) -> None:
+    """Make the next open SIGKILL this process inside its recovery, at
+    ``at`` (see the module docstring).
+
+    The hooks wrap what recovery is made of, journal replay and device
+    writes, rather than any private step of it, so they keep landing
+    where they should if recovery is reorganised; if it no longer replays
+    or writes, the open returns, the writer logs ``R`` and not ``K``, and
+    the parent's count says so.
+    """
+    kind, _sep, number = at.partition(':')
+    number = int(number)
+    if kind not in ('replay', 'write') or number < 0 or \
+            (kind == 'replay' and number == 0):
+        raise SystemExit('bad --die-in-recovery %r' % at)
+    seen = {'records': 0, 'writes': 0, 'opening': False}
+
+    def die(where):
+        log('K', {'at': at, 'where': where, 'records': seen['records'],
+                  'writes': seen['writes']})
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    real_replay = journal_mod.Journal.replay
+
+    def replay(self, *args, **kwargs):
+        for record in real_replay(self, *args, **kwargs):
+            seen['records'] += 1
+            if kind == 'replay' and seen['records'] == number:
+                die('replay')
+            yield record
+        if kind == 'write' and number == 0 and seen['records']:
+            die('replayed')
+
+    def counted(real):
+        def call(self, *args, **kwargs):
+            result = real(self, *args, **kwargs)
+            if seen['opening'] and seen['records']:
+                seen['writes'] += 1
+                if kind == 'write' and seen['writes'] == number:
+                    die('write')
+            return result
+        return call
+
+    real_open = VolumeGroup.open.__func__
+
+    def open_(cls, *args, **kwargs):
+        seen['opening'] = True
+        vg = real_open(cls, *args, **kwargs)
+        seen['opening'] = False
+        if seen['records']:
+            die('opened')           # fewer writes than asked for
+        return vg
+
+    journal_mod.Journal.replay = replay
+    for name in ('pwrite', 'zero', 'sync'):
+        setattr(devices.Device, name, counted(getattr(devices.Device, name)))
+    VolumeGroup.open = classmethod(open_)
+
+
 def main() -> int:
     pv0, seed, token = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    if sys.argv[4:5] == ['--die-in-recovery']:
+        die_in_recovery(sys.argv[5])
     rng = random.Random(seed)
     vg = VolumeGroup.open(pv0)
     log('R', {'replayed': vg.replayed})

@@ -50,6 +50,7 @@ def run(capsys, *argv):
     (['status'], remote.cmd_status, {}),
     (['pool', 'list'], remote.cmd_pool_list, {}),
     (['pool', 'show', 'p1'], remote.cmd_pool_show, {'name': 'p1'}),
+    (['pool', 'check', 'p1'], remote.cmd_pool_check, {'name': 'p1'}),
     (['volume', 'list', '--pool', 'p1'], remote.cmd_volume_list,
      {'pool': 'p1'}),
     (['volume', 'show', 'v1'], remote.cmd_volume_show, {'ref': 'v1'}),
@@ -182,6 +183,7 @@ def test_serve_runs_the_service_command(capsys):
     (errors.EngineError, 8), (errors.MetadataError, 8),
     (errors.DeviceError, 8), (errors.GroupClosed, 8),
     (client_mod.JobTimeout, 8), (ms_errors.StoreError, 8),
+    (errors.GroupInUse, 9),
 ], ids=lambda x: getattr(x, '__name__', str(x)))
 def test_exit_codes(exc, code):
     assert exits.for_error(exc('x')) == code
@@ -409,6 +411,38 @@ def test_a_failed_job_exits_1(capsys, server):
     assert json.loads(out)['state'] == 'failed'
     # Not a terminal: no progress bar, only the error.
     assert err == 'storage-engine: error: job %s failed: I/O error\n' % JID
+
+
+def _check_report(errors=(), notes=()):
+    return {'pool': 'p1', 'group': 'p1', 'ok': not errors,
+            'errors': list(errors), 'notes': list(notes),
+            'stats': {'volumes': 2, 'snapshots': 1}}
+
+
+def test_pool_check_prints_what_vg_check_prints(capsys, server):
+    server.answer('POST', '/pools/p1/check', (200, _check_report()))
+    code, out, err = run(capsys, 'pool', 'check', 'p1')
+    assert (code, out, err) == (0, 'p1: consistent\n', '')
+    assert len(server.sent('POST', '/pools/p1/check')) == 1
+    damaged = _check_report(errors=['journal records 4 to 5 were lost'],
+                            notes=['a note'])
+    server.answer('POST', '/pools/p1/check', (200, damaged))
+    code, out, err = run(capsys, 'pool', 'check', 'p1')
+    assert (code, err) == (exits.PROBLEMS, '')
+    assert out == 'ERROR: journal records 4 to 5 were lost\n' \
+        'note: a note\np1: 1 problem(s)\n'
+    server.answer('POST', '/pools/p1/check', (200, damaged))
+    code, out, _err = run(capsys, 'pool', 'check', 'p1', '--format', 'json')
+    assert code == exits.PROBLEMS
+    assert json.loads(out) == damaged
+
+
+def test_pool_check_of_an_unknown_pool_exits_3(capsys, server):
+    server.answer('POST', '/pools/nope/check',
+                  (404, error('not_found', 'pool nope not found')))
+    code, out, err = run(capsys, 'pool', 'check', 'nope')
+    assert (code, out) == (exits.NOT_FOUND, '')
+    assert err == 'storage-engine: error: pool nope not found\n'
 
 
 def test_status_of_a_node_that_is_not_ready(capsys, server):

@@ -416,6 +416,14 @@ def test_flatten_is_not_repeated_once_sent(server, client, no_sleep):
     assert len(server.sent('POST', path)) == 1
 
 
+def test_a_pool_check_is_retried_on_a_reset(server, client, no_sleep):
+    # It changes nothing: safe to send again.
+    report = {'pool': 'p 1', 'ok': True}
+    server.answer('POST', '/pools/p%201/check', RESET, (200, report))
+    assert client.check_pool('p 1') == report
+    assert len(server.sent('POST', '/pools/p%201/check')) == 2
+
+
 def test_flatten_is_retried_on_503(server, client, no_sleep):
     path = '/volumes/%s/flatten' % VID
     server.answer('POST', path, (503, error('unavailable')),

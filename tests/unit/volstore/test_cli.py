@@ -1,8 +1,9 @@
 """The ``storage-engine vg`` command: create, show, check, add-pv.
 
 Exit codes: 0 success, 1 the check found problems, 2 bad usage or an
-invalid argument, 3 not found, 4 conflict (already exists, in use), with
-the message on stderr (storage_engine/cli/exits.py has the whole table).
+invalid argument, 3 not found, 4 conflict (already exists, in use), 9 a
+check of a group a running process holds, with the message on stderr
+(storage_engine/cli/exits.py has the whole table).
 """
 
 import json
@@ -210,11 +211,17 @@ def test_check_of_a_damaged_group_exits_1(capsys, populated):
     assert json.loads(out)['ok'] is False
 
 
-def test_check_of_an_open_group_exits_1(capsys, populated):
+def test_check_of_a_group_in_use_exits_9(capsys, populated):
+    # Not "problems found": the check did not run.
     with VolumeGroup.open(populated):
-        code, out, _err = run(capsys, 'vg', 'check', populated)
-    assert code == 1
-    assert populated in out and 'ERROR' in out
+        for fmt in ('table', 'json'):
+            code, out, err = run(capsys, 'vg', 'check', populated,
+                                 '--format', fmt)
+            assert (code, out) == (9, '')
+            assert err == (
+                'storage-engine: error: volume group vgx (%s) is in use by '
+                'a running process (storage-engine serve?); check it online '
+                'with `storage-engine pool check vgx`\n' % populated)
 
 
 def test_check_of_a_missing_pv_exits_3(capsys, tmp_path):

@@ -815,11 +815,11 @@ def test_check_group_of_a_closed_group_is_clean(vg, pv0):
     assert report.notes == []
 
 
-def test_check_group_of_an_open_group_says_so(vg, pv0):
-    report = check_group(pv0)
-    assert not report.ok
-    assert pv0 in report.errors[0]
-    assert 'service' in report.errors[0]
+def test_check_group_of_an_open_group_says_it_is_in_use(vg, pv0):
+    # Nothing was checked: no report, an error saying where to check.
+    with raises_exactly(errors.GroupInUse, 'vg0', pv0, 'in use',
+                        '`storage-engine pool check vg0`'):
+        check_group(pv0)
 
 
 def test_check_group_reports_a_file_that_is_not_a_pv(tmp_path):
