@@ -113,6 +113,16 @@ class Reconciler:
             return
         self._settle_object(ident, rec, found)
 
+    def _settled(self, rec: dict | None, found) -> bool:
+        """Whether an object listed as ``rec`` with group view ``found``
+        needs nothing.
+        """
+        if rec is None or found is None:
+            return False
+        pool, info = found
+        return rec.get('state') == self.node.AVAILABLE and \
+            rec.get('name') == info.name and rec.get('pool') == pool
+
     def _settle_object(self, ident: str, rec: dict, found) -> None:
         node = self.node
         state = rec.get('state')
@@ -281,17 +291,30 @@ class Reconciler:
             self._running -= 1
 
     def _run(self) -> None:
+        # One listing of each kind finds what may need work; each of those
+        # is then looked at again under its lock (it may have changed).
         node = self.node
-        ids = set(node._mine('volumes')) | set(node._present())
-        for ident in sorted(ids):
+        records = node._mine('volumes')
+        present = node._present()
+        for ident in sorted(set(records) | set(present)):
+            if self._settled(records.get(ident, (None, 0))[0],
+                             present.get(ident)):
+                continue
             with node._lock(ident):
                 self.object(ident)
+        records = node._mine('volumes')
         for name, (claim, _rev) in node._mine('names').items():
             owner = claim.get('id')
+            if records.get(owner, ({}, 0))[0].get('name') == name:
+                continue
             with node._lock(*([owner] if isinstance(owner, str) else [])):
                 self._name(name)
-        exports = set(node._mine('exports')) | set(node._handles)
-        for ident in sorted(exports):
+        exports = node._mine('exports')
+        for ident in sorted(set(exports) | set(node._handles)):
+            rec = exports.get(ident, (None, 0))[0]
+            if rec is not None and ident in node._handles and \
+                    rec.get('state') != node.DELETING:
+                continue
             with node._lock(ident):
                 self.export(ident)
         for exporter in node.exporters.values():
