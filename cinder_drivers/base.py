@@ -22,6 +22,7 @@ import math
 import uuid
 
 from oslo_config import cfg
+from oslo_config import types
 from oslo_log import log as logging
 from oslo_utils import units
 
@@ -35,32 +36,80 @@ from storage_engine import errors
 
 LOG = logging.getLogger(__name__)
 
+
+class CheckedBySetup(types.ConfigType):
+    """An option type that oslo.config does not enforce: the driver checks
+    the value when it sets up (:meth:`EngineDriverBase.check_options`).
+
+    oslo.config checks a typed value every time it is read, and
+    cinder-volume's parent process reads every registered option, each
+    backend's included, when it logs its configuration at start: one
+    backend's invalid value (``engine_api_url = 127.0.0.1:8790``) raised
+    ConfigFileValueError there and took the whole process down, every
+    other backend with it. Checked by the driver, a bad value fails its own
+    backend only, with a message that says what to write instead.
+
+    The sample generator sees the real type: its name, choices, minimum.
+    """
+
+    def __init__(self, real: types.ConfigType):
+        super().__init__(type_name=real.type_name)
+        self.real = real
+
+    def __getattr__(self, name):
+        # choices, min, max... for oslo-config-generator. Not ``real``
+        # itself: copy and pickle look attributes up before __init__ ran.
+        if name == 'real':
+            raise AttributeError(name)
+        return getattr(self.real, name)
+
+    def __call__(self, value):
+        try:
+            return self.real(value)
+        except (TypeError, ValueError):
+            return value  # as written: check_options refuses it
+
+    def check(self, value):
+        """``value`` converted by the real type; ValueError if invalid."""
+        return self.real(value)
+
+    def _formatter(self, value):
+        return self.real._formatter(value)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.real == self.real
+
+    __hash__ = None
+
+
 engine_opts = [
-    cfg.URIOpt('engine_api_url', default='http://127.0.0.1:8790',
-               schemes=['http', 'https'],
-               help='Management API of the storage node serving this '
-                    'backend (storage-engine serve).'),
+    cfg.Opt('engine_api_url', default='http://127.0.0.1:8790',
+            type=CheckedBySetup(types.URI(schemes=['http', 'https'])),
+            help='Management API of the storage node serving this '
+                 'backend (storage-engine serve).'),
     cfg.StrOpt('engine_api_token', secret=True,
                help='The storage node\'s API token ([api] auth_token of '
                     'its configuration).'),
     cfg.StrOpt('engine_api_ca_file',
                help='CA bundle that verifies an https engine_api_url.'),
-    cfg.IntOpt('engine_api_timeout', default=60, min=1,
-               help='Seconds to wait for one API request.'),
+    cfg.Opt('engine_api_timeout', default=60,
+            type=CheckedBySetup(types.Integer(min=1)),
+            help='Seconds to wait for one API request.'),
     cfg.StrOpt('engine_pool', default='default',
                help='The node\'s pool (volume group) holding this '
                     'backend\'s volumes.'),
-    cfg.StrOpt('engine_provisioning', default='thin',
-               choices=['thin', 'thick'],
-               help='Provisioning of volumes whose type has no '
-                    'provisioning:type extra spec.'),
-    cfg.StrOpt('engine_export_protocol', choices=['nbd', 'aoe'],
-               help='How volumes are exported to hosts. Each driver '
-                    'family has its own protocol (nbd: '
-                    'cinder_drivers.lvm.EngineLVMDriver; aoe: '
-                    'cinder_drivers.aoe.EngineAoEDriver); unset means '
-                    'that one, and another value fails the backend\'s '
-                    'start with the reason.'),
+    cfg.Opt('engine_provisioning', default='thin',
+            type=CheckedBySetup(types.String(choices=['thin', 'thick'])),
+            help='Provisioning of volumes whose type has no '
+                 'provisioning:type extra spec.'),
+    cfg.Opt('engine_export_protocol',
+            type=CheckedBySetup(types.String(choices=['nbd', 'aoe'])),
+            help='How volumes are exported to hosts. Each driver '
+                 'family has its own protocol (nbd: '
+                 'cinder_drivers.lvm.EngineLVMDriver; aoe: '
+                 'cinder_drivers.aoe.EngineAoEDriver); unset means '
+                 'that one, and another value fails the backend\'s '
+                 'start with the reason.'),
 ]
 
 CONF = cfg.CONF
@@ -72,6 +121,31 @@ EXPORT_NAMESPACE = uuid.UUID('5b0c5a3e-6a57-4f2e-9a55-2e3c1d3f8b11')
 
 def gib(size_bytes: int) -> int:
     return int(math.ceil(size_bytes / units.Gi))
+
+
+def bad_option_message(group: str, opt: cfg.Opt, value,
+                       exc: ValueError) -> str:
+    """Why ``value`` of ``opt`` is refused, and what to write instead."""
+    real = opt.type.real
+    where = '[%s] %s = %s' % (group, opt.name, value)
+    if isinstance(real, types.URI):
+        text = str(value).strip()
+        scheme, sep, rest = text.partition('://')
+        if not sep:
+            return ('%s has no scheme: write %s = http://%s (or https:// '
+                    'with engine_api_ca_file)' % (where, opt.name, text))
+        if scheme not in real.schemes:
+            return ('%s: the scheme must be http or https: write '
+                    '%s = http://%s' % (where, opt.name, rest))
+        return ('%s is not a URL of the storage node: write %s = '
+                'http://HOST:PORT (its [api] address)' % (where, opt.name))
+    if getattr(real, 'choices', None):
+        return '%s is not valid: write one of %s' % (
+            where, ', '.join(real.choices))
+    if isinstance(real, types.Integer):
+        return '%s is not valid (%s): write a whole number of at least %s' % (
+            where, exc, real.min)
+    return '%s is not valid: %s' % (where, exc)
 
 
 class EngineDriverBase(driver.VolumeDriver):
@@ -110,10 +184,32 @@ class EngineDriverBase(driver.VolumeDriver):
         return self.configuration.engine_pool
 
     def do_setup(self, context):
+        self.check_options()
         # This process (cinder-volume) attaches volumes for its own copies:
         # os-brick must know our connectors here too.
         import os_brick_connectors
         os_brick_connectors.register()
+
+    def check_options(self):
+        """Refuse a value of an option that oslo.config leaves to us
+        (:class:`CheckedBySetup`), saying what to write instead.
+
+        Raises InvalidConfigurationValue, which fails this backend's start
+        and no other.
+        """
+        conf = self.configuration
+        for opt in engine_opts:
+            if not isinstance(opt.type, CheckedBySetup):
+                continue
+            value = conf.safe_get(opt.name)
+            if value is None:
+                continue
+            try:
+                opt.type.check(value)
+            except ValueError as exc:
+                msg = bad_option_message(conf.config_group, opt, value, exc)
+                LOG.error(msg)
+                raise exception.InvalidConfigurationValue(msg)
 
     def check_for_setup_error(self):
         if not self.configuration.engine_api_token:
