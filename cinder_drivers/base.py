@@ -25,6 +25,7 @@ from oslo_config import cfg
 from oslo_config import types
 from oslo_log import log as logging
 from oslo_utils import units
+import requests
 
 from cinder import exception
 from cinder.volume import configuration
@@ -223,9 +224,59 @@ class EngineDriverBase(driver.VolumeDriver):
                       wanted))
             LOG.error(msg)
             raise exception.InvalidConfigurationValue(msg)
-        with self._translated('checking storage node %s'
-                              % self.configuration.engine_api_url):
-            self.client.pool(self.pool)
+        url = self.configuration.engine_api_url
+        with self._translated('checking storage node %s' % url):
+            try:
+                self.client.pool(self.pool)
+            except errors.EngineError as exc:
+                if self._refuses_configuration(exc):
+                    msg = self._configuration_refusal(exc)
+                    LOG.error(msg)
+                    raise exception.InvalidConfigurationValue(msg) from exc
+                if not isinstance(exc, errors.Unavailable):
+                    raise
+                # Boot order: the node may start after cinder-volume. The
+                # backend reports itself down, without capacity, and comes
+                # up at the first stats poll the node answers.
+                LOG.warning('The storage node at %(url)s is not reachable '
+                            'yet (%(exc)s): backend %(backend)s starts '
+                            'down, with no capacity, and comes up by itself '
+                            'at the first stats poll the node answers. '
+                            'Check that storage-engine serve is running '
+                            'there and reachable.',
+                            {'url': url, 'exc': exc,
+                             'backend': self.configuration.config_group})
+
+    @staticmethod
+    def _refuses_configuration(exc: errors.EngineError) -> bool:
+        """Is ``exc`` the node refusing this backend's configuration (its
+        token, its pool, its CA), which waiting will not cure?
+        """
+        return isinstance(exc, (errors.Unauthorized, errors.NotFound)) or (
+            isinstance(exc, errors.Unavailable) and
+            isinstance(exc.__cause__, requests.exceptions.SSLError))
+
+    def _configuration_refusal(self, exc: errors.EngineError) -> str:
+        """What the operator must change when the node refuses this
+        backend's configuration (its token, its pool, its CA).
+        """
+        url = self.configuration.engine_api_url
+        backend = self.configuration.config_group
+        if isinstance(exc, errors.Unauthorized):
+            return ('the storage node at %s refused the token of backend '
+                    '%s: set engine_api_token to its [api] auth_token'
+                    % (url, backend))
+        if isinstance(exc, errors.Unavailable):
+            return ('backend %s cannot verify the storage node at %s (%s): '
+                    'set engine_api_ca_file to the CA that signed its '
+                    'certificate' % (backend, url, exc))
+        try:
+            known = ', '.join(sorted(p['name'] for p in self.client.pools()))
+        except errors.EngineError:
+            known = 'storage-engine pool list there shows them'
+        return ('the storage node at %s has no pool %s (%s): set '
+                'engine_pool of backend %s to one of its pools (%s)'
+                % (url, self.pool, exc, backend, known))
 
     @contextlib.contextmanager
     def _translated(self, action: str, refusals: dict | None = None):
@@ -302,8 +353,14 @@ class EngineDriverBase(driver.VolumeDriver):
         try:
             p = self.client.pool(self.pool)
         except errors.EngineError as exc:
-            LOG.warning('cannot read pool %s of %s: %s', self.pool,
-                        conf.engine_api_url, exc)
+            if self._refuses_configuration(exc):
+                # Found only now when the node was down at start: not
+                # transient, the operator must change the configuration.
+                LOG.error('%s; the backend stays down until then',
+                          self._configuration_refusal(exc))
+            else:
+                LOG.warning('cannot read pool %s of %s: %s', self.pool,
+                            conf.engine_api_url, exc)
             pool.update(total_capacity_gb=0, free_capacity_gb=0,
                         backend_state='down')
         else:

@@ -5,10 +5,14 @@ of ours next to ``se-lvm`` (``Cinder.add_backend``: their sections written
 by devstack/lib/storage-engine, then cinder-volume restarted), each
 broken in one way:
 
-- a configuration error (a scheme-less ``engine_api_url``) fails that
-  backend only: the cinder-volume process stays up, ``se-lvm`` goes on
-  creating volumes, the broken backend has no pool, and the log says what
-  to write instead.
+- a configuration error (a scheme-less ``engine_api_url``, a token the
+  node refuses, a pool it does not have) fails that backend only: the
+  cinder-volume process stays up, ``se-lvm`` goes on creating volumes, the
+  broken backend has no pool, and the log says what to write instead;
+- a storage node that is not up yet when cinder-volume starts is not one:
+  the backend starts ``down`` without capacity and comes up by itself at
+  the next stats poll after the node answers, with nothing restarted.
+  A wrong token found only then is reported and keeps that backend down.
 
 What is asserted is what an operator sees: the services and pools Cinder
 lists, volume statuses, and the lines of cinder-volume's log.
@@ -127,6 +131,61 @@ def test_a_scheme_less_api_url_fails_only_its_backend(cinder,
         with _volume(client, cinder, bad, 'error'):
             pass
         _alive(cinder)
+
+
+def test_a_refused_token_or_unknown_pool_fails_its_backend_with_the_reason(
+        cinder, cinder_client):
+    client = cinder_client
+    token, pool = 'se-wrong-token', 'se-unknown-pool'
+    with _backends(cinder,
+                   (token, cinder.node, dict(ready=False,
+                                             api_token='not-the-token')),
+                   (pool, cinder.node, dict(ready=False, pool='nowhere'))):
+        _logged(cinder, 'refused the token of backend %s: set '
+                        'engine_api_token to its [api] auth_token' % token)
+        _logged(cinder, 'has no pool nowhere (')
+        _logged(cinder, 'set engine_pool of backend %s to one of its pools '
+                        '(default)' % pool)
+        _alive(cinder)
+        pools = _pools(client)
+        for backend in (token, pool):
+            assert '%s@%s' % (cinder.host, backend) not in pools
+        assert pools[cinder.volume_host].backend_state == 'up'
+
+
+def test_a_backend_whose_node_starts_later_comes_up_by_itself(
+        cinder, cinder_client, node_factory):
+    client = cinder_client
+    later = node_factory('later-node', start=False)
+    name, wrong = 'se-later', 'se-later-wrong-token'
+    host, wrong_host = ('%s@%s' % (cinder.host, b) for b in (name, wrong))
+    # Both initialise although their node is down (add_backend waits for
+    # their first stats): the token cannot be checked yet.
+    with _backends(cinder, (name, later, {}),
+                   (wrong, later, dict(api_token='not-the-token'))):
+        pools = _pools(client)
+        for h in (host, wrong_host):
+            assert pools[h].backend_state == 'down'
+            assert pools[h].total_capacity_gb == 0
+            assert _volume_service(client, h).backend_state == 'down'
+        # Down, without capacity: nothing is scheduled there.
+        with _volume(client, cinder, name, 'error'):
+            pass
+
+        later.start()
+        # Nothing is restarted: the next stats poll finds the node.
+        _wait('backend %s comes up' % host,
+              lambda: _pools(client)[host].backend_state == 'up', cinder)
+        assert _pools(client)[host].total_capacity_gb > 0
+        assert _volume_service(client, host).backend_state == 'up'
+        with _volume(client, cinder, name, 'available') as vol:
+            assert later.client().volume(vol.id)['size'] == 1 << 30
+        # The wrong token shows now, and keeps its backend down.
+        _logged(cinder, 'refused the token of backend %s: set '
+                        'engine_api_token to its [api] auth_token; the '
+                        'backend stays down until then' % wrong)
+        assert _pools(client)[wrong_host].backend_state == 'down'
+        assert _pools(client)[wrong_host].total_capacity_gb == 0
 
 
 @pytest.fixture(autouse=True)
