@@ -7,8 +7,9 @@ boundary, with messages an operator can act on.
 
 Identity: an engine volume's id is the Cinder volume's id (and a snapshot's
 the Cinder snapshot's), sent with every create, so a create that Cinder
-retries never makes two volumes. A volume brought in with manage_existing
-keeps its engine id, recorded as the Cinder volume's ``provider_id``.
+retries never makes two volumes. A volume or snapshot brought in with
+manage keeps its engine id, recorded as the Cinder object's
+``provider_id`` (see :mod:`cinder_drivers.manage`).
 
 Exports are made per host, in initialize_connection, and admit only the
 host's addresses as the family's protocol names them (NBD: the
@@ -18,7 +19,6 @@ gives the same export back.
 """
 
 import contextlib
-import math
 import uuid
 
 from oslo_config import cfg
@@ -30,8 +30,8 @@ import requests
 from cinder import exception
 from cinder.volume import configuration
 from cinder.volume import driver
-from cinder.volume import volume_utils
 
+from cinder_drivers import manage
 from storage_engine import client as client_mod
 from storage_engine import errors
 
@@ -120,10 +120,6 @@ CONF.register_opts(engine_opts, group=configuration.SHARED_CONF_GROUP)
 EXPORT_NAMESPACE = uuid.UUID('5b0c5a3e-6a57-4f2e-9a55-2e3c1d3f8b11')
 
 
-def gib(size_bytes: int) -> int:
-    return int(math.ceil(size_bytes / units.Gi))
-
-
 def bad_option_message(group: str, opt: cfg.Opt, value,
                        exc: ValueError) -> str:
     """Why ``value`` of ``opt`` is refused, and what to write instead."""
@@ -149,8 +145,10 @@ def bad_option_message(group: str, opt: cfg.Opt, value,
     return '%s is not valid: %s' % (where, exc)
 
 
-class EngineDriverBase(driver.VolumeDriver):
-    """Cinder's driver interface over one pool of one storage node."""
+class EngineDriverBase(manage.ManageMixin, driver.VolumeDriver):
+    """Cinder's driver interface over one pool of one storage node
+    (manage and unmanage: :mod:`cinder_drivers.manage`).
+    """
 
     VERSION = '1.0.0'
     CI_WIKI_NAME = 'storage-engine CI'
@@ -576,72 +574,3 @@ class EngineDriverBase(driver.VolumeDriver):
             except errors.NotFound:
                 pass
         return False
-
-    # -- manage and unmanage --------------------------------------------------
-
-    def _find_existing(self, existing_ref) -> dict:
-        with self._translated('looking up %s' % (existing_ref,)):
-            if 'source-id' in existing_ref:
-                try:
-                    return self.client.volume(existing_ref['source-id'])
-                except (errors.NotFound, errors.InvalidArgument) as exc:
-                    reason = str(exc)
-            elif 'source-name' in existing_ref:
-                found = self.client.volumes(pool=self.pool,
-                                            name=existing_ref['source-name'])
-                if found:
-                    return found[0]
-                reason = 'no volume of that name in pool %s' % self.pool
-            else:
-                reason = 'give source-name or source-id'
-        raise exception.ManageExistingInvalidReference(
-            existing_ref=existing_ref, reason=reason)
-
-    def manage_existing_get_size(self, volume, existing_ref):
-        return gib(self._find_existing(existing_ref)['size'])
-
-    def manage_existing(self, volume, existing_ref):
-        found = self._find_existing(existing_ref)
-        if found['pool'] != self.pool:
-            raise exception.ManageExistingInvalidReference(
-                existing_ref=existing_ref,
-                reason='it is in pool %s, not %s' % (found['pool'],
-                                                     self.pool))
-        with self._translated('managing %s as volume %s'
-                              % (found['name'], volume.id)):
-            size = gib(found['size']) * units.Gi
-            # Cinder counts whole GiB: the volume grows to the next one.
-            self.client.update_volume(
-                found['id'], name=volume.name,
-                size=size if size != found['size'] else None)
-        return {'provider_id': found['id']}
-
-    def unmanage(self, volume):
-        # The volume stays in the engine under its Cinder name.
-        LOG.info('volume %s (%s) is no longer managed by Cinder; it stays '
-                 'in pool %s', volume.name, self._engine_id(volume),
-                 self.pool)
-
-    def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
-                               sort_keys, sort_dirs):
-        known = {v.provider_id or v.id for v in cinder_volumes}
-        entries = []
-        with self._translated('listing pool %s' % self.pool):
-            volumes = self.client.volumes(pool=self.pool)
-            exported = {e['volume_id'] for e in self.client.exports()}
-        for vol in volumes:
-            managed = vol['id'] in known
-            safe = not managed and vol['id'] not in exported
-            reason = None
-            if managed:
-                reason = 'already managed'
-            elif not safe:
-                reason = 'exported'
-            entries.append({
-                'reference': {'source-name': vol['name']},
-                'size': gib(vol['size']), 'safe_to_manage': safe,
-                'reason_not_safe': reason,
-                'cinder_id': vol['id'] if managed else None,
-                'extra_info': 'provisioning=%s' % vol['provisioning']})
-        return volume_utils.paginate_entries_list(
-            entries, marker, limit, offset, sort_keys, sort_dirs)
