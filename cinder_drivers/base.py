@@ -359,8 +359,14 @@ class EngineDriverBase(manage.ManageMixin, driver.VolumeDriver):
             else:
                 LOG.warning('cannot read pool %s of %s: %s', self.pool,
                             conf.engine_api_url, exc)
+            # Every capacity key, zero: the scheduler compares each key it
+            # requires of the last report with the next one, and a key
+            # missing here made it drop every later report of this pool
+            # (KeyError), so that the backend stayed down after the node
+            # came back.
             pool.update(total_capacity_gb=0, free_capacity_gb=0,
-                        backend_state='down')
+                        provisioned_capacity_gb=0, allocated_capacity_gb=0,
+                        total_volumes=0, backend_state='down')
         else:
             pool.update(
                 total_capacity_gb=round(p['total'] / units.Gi, 2),

@@ -285,17 +285,23 @@ def test_pool_full_is_reported_and_nothing_is_left(driver, node):
 
 def test_a_node_not_up_yet_is_not_fatal_to_the_set_up(node, make_driver):
     """Boot order: the backend starts down and comes up with the node."""
+    from cinder.scheduler import host_manager
+
     node.stop()
     drv = make_driver(node)
     drv.do_setup(CTX)
     drv.check_for_setup_error()
-    pool, = drv.get_volume_stats(refresh=True)['pools']
-    assert (pool['backend_state'], pool['total_capacity_gb'],
-            pool['free_capacity_gb']) == ('down', 0, 0)
+    down, = drv.get_volume_stats(refresh=True)['pools']
+    assert (down['backend_state'], down['total_capacity_gb'],
+            down['free_capacity_gb']) == ('down', 0, 0)
     node.start()
-    pool, = drv.get_volume_stats(refresh=True)['pools']
-    assert pool['backend_state'] == 'up'
-    assert pool['total_capacity_gb'] > 0
+    up, = drv.get_volume_stats(refresh=True)['pools']
+    assert up['backend_state'] == 'up'
+    assert up['total_capacity_gb'] > 0
+    # The scheduler compares the keys it requires of one report with the
+    # next (HostManager._get_updated_pools): one missing from the down
+    # report made it drop every later one, and the backend stayed down.
+    assert host_manager.HostManager.REQUIRED_KEYS <= set(down) & set(up)
 
 
 def test_a_certificate_that_does_not_verify_fails_the_set_up(
