@@ -22,6 +22,7 @@ import contextlib
 
 import pytest
 
+from tests.fixtures import cinder as cinder_mod
 from tests.fixtures import waiting
 
 TIMEOUT = 180.0
@@ -38,10 +39,12 @@ def _status(client, ident):
 @contextlib.contextmanager
 def _backends(cinder, *specs):
     """Enable backends ``(name, node, settings)`` with one restart of
-    cinder-volume; disable them again with one more. ``settings`` may say
-    ``ready=False``: that backend is expected not to initialise.
+    cinder-volume, its driver stats polled every few seconds; then the
+    usual again with one more. ``settings`` may say ``ready=False``: that
+    backend is expected not to initialise.
     """
     added = []
+    cinder.set_options('DEFAULT', **cinder_mod.FAST_STATS)
     try:
         for number, (name, node, settings) in enumerate(specs, 1):
             added.append(name)
@@ -49,6 +52,8 @@ def _backends(cinder, *specs):
                                restart=number == len(specs), **settings)
         yield
     finally:
+        cinder.set_options('DEFAULT',
+                           **dict.fromkeys(cinder_mod.FAST_STATS))
         for number, name in enumerate(added, 1):
             cinder.remove_backend(name, restart=number == len(added))
 
