@@ -42,9 +42,12 @@ class EngineAoEDriver(base.EngineDriverBase):
         1.0.0 - First version: the LVM-style family's volumes, snapshots
                 and clones exported as AoE targets admitting only the
                 MAC addresses of the connector's AoE interfaces.
+        1.1.0 - As the LVM-style family's 1.1.0: snapshot manage,
+                manageable lists through Cinder, options checked per
+                backend, a node that starts later is not fatal.
     """
 
-    VERSION = '1.0.0'
+    VERSION = '1.1.0'
     protocol = 'aoe'
     storage_protocol = 'AoE'
 

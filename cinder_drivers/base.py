@@ -7,8 +7,9 @@ boundary, with messages an operator can act on.
 
 Identity: an engine volume's id is the Cinder volume's id (and a snapshot's
 the Cinder snapshot's), sent with every create, so a create that Cinder
-retries never makes two volumes. A volume brought in with manage_existing
-keeps its engine id, recorded as the Cinder volume's ``provider_id``.
+retries never makes two volumes. A volume or snapshot brought in with
+manage keeps its engine id, recorded as the Cinder object's
+``provider_id`` (see :mod:`cinder_drivers.manage`).
 
 Exports are made per host, in initialize_connection, and admit only the
 host's addresses as the family's protocol names them (NBD: the
@@ -25,49 +26,98 @@ incarnation leaves it alone and succeeds: what it was meant for is gone.
 """
 
 import contextlib
-import math
 import uuid
 
 from oslo_config import cfg
+from oslo_config import types
 from oslo_log import log as logging
 from oslo_utils import units
+import requests
 
 from cinder import exception
 from cinder.volume import configuration
 from cinder.volume import driver
-from cinder.volume import volume_utils
 
+from cinder_drivers import manage
 from storage_engine import client as client_mod
 from storage_engine import errors
 
 LOG = logging.getLogger(__name__)
 
+
+class CheckedBySetup(types.ConfigType):
+    """An option type that oslo.config does not enforce: the driver checks
+    the value when it sets up (:meth:`EngineDriverBase.check_options`).
+
+    oslo.config checks a typed value every time it is read, and
+    cinder-volume's parent process reads every registered option, each
+    backend's included, when it logs its configuration at start: one
+    backend's invalid value (``engine_api_url = 127.0.0.1:8790``) raised
+    ConfigFileValueError there and took the whole process down, every
+    other backend with it. Checked by the driver, a bad value fails its own
+    backend only, with a message that says what to write instead.
+
+    The sample generator sees the real type: its name, choices, minimum.
+    """
+
+    def __init__(self, real: types.ConfigType):
+        super().__init__(type_name=real.type_name)
+        self.real = real
+
+    def __getattr__(self, name):
+        # choices, min, max... for oslo-config-generator. Not ``real``
+        # itself: copy and pickle look attributes up before __init__ ran.
+        if name == 'real':
+            raise AttributeError(name)
+        return getattr(self.real, name)
+
+    def __call__(self, value):
+        try:
+            return self.real(value)
+        except (TypeError, ValueError):
+            return value  # as written: check_options refuses it
+
+    def check(self, value):
+        """``value`` converted by the real type; ValueError if invalid."""
+        return self.real(value)
+
+    def _formatter(self, value):
+        return self.real._formatter(value)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.real == self.real
+
+    __hash__ = None
+
+
 engine_opts = [
-    cfg.URIOpt('engine_api_url', default='http://127.0.0.1:8790',
-               schemes=['http', 'https'],
-               help='Management API of the storage node serving this '
-                    'backend (storage-engine serve).'),
+    cfg.Opt('engine_api_url', default='http://127.0.0.1:8790',
+            type=CheckedBySetup(types.URI(schemes=['http', 'https'])),
+            help='Management API of the storage node serving this '
+                 'backend (storage-engine serve).'),
     cfg.StrOpt('engine_api_token', secret=True,
                help='The storage node\'s API token ([api] auth_token of '
                     'its configuration).'),
     cfg.StrOpt('engine_api_ca_file',
                help='CA bundle that verifies an https engine_api_url.'),
-    cfg.IntOpt('engine_api_timeout', default=60, min=1,
-               help='Seconds to wait for one API request.'),
+    cfg.Opt('engine_api_timeout', default=60,
+            type=CheckedBySetup(types.Integer(min=1)),
+            help='Seconds to wait for one API request.'),
     cfg.StrOpt('engine_pool', default='default',
                help='The node\'s pool (volume group) holding this '
                     'backend\'s volumes.'),
-    cfg.StrOpt('engine_provisioning', default='thin',
-               choices=['thin', 'thick'],
-               help='Provisioning of volumes whose type has no '
-                    'provisioning:type extra spec.'),
-    cfg.StrOpt('engine_export_protocol', choices=['nbd', 'aoe'],
-               help='How volumes are exported to hosts. Each driver '
-                    'family has its own protocol (nbd: '
-                    'cinder_drivers.lvm.EngineLVMDriver; aoe: '
-                    'cinder_drivers.aoe.EngineAoEDriver); unset means '
-                    'that one, and another value fails the backend\'s '
-                    'start with the reason.'),
+    cfg.Opt('engine_provisioning', default='thin',
+            type=CheckedBySetup(types.String(choices=['thin', 'thick'])),
+            help='Provisioning of volumes whose type has no '
+                 'provisioning:type extra spec.'),
+    cfg.Opt('engine_export_protocol',
+            type=CheckedBySetup(types.String(choices=['nbd', 'aoe'])),
+            help='How volumes are exported to hosts. Each driver '
+                 'family has its own protocol (nbd: '
+                 'cinder_drivers.lvm.EngineLVMDriver; aoe: '
+                 'cinder_drivers.aoe.EngineAoEDriver); unset means '
+                 'that one, and another value fails the backend\'s '
+                 'start with the reason.'),
 ]
 
 CONF = cfg.CONF
@@ -77,12 +127,35 @@ CONF.register_opts(engine_opts, group=configuration.SHARED_CONF_GROUP)
 EXPORT_NAMESPACE = uuid.UUID('5b0c5a3e-6a57-4f2e-9a55-2e3c1d3f8b11')
 
 
-def gib(size_bytes: int) -> int:
-    return int(math.ceil(size_bytes / units.Gi))
+def bad_option_message(group: str, opt: cfg.Opt, value,
+                       exc: ValueError) -> str:
+    """Why ``value`` of ``opt`` is refused, and what to write instead."""
+    real = opt.type.real
+    where = '[%s] %s = %s' % (group, opt.name, value)
+    if isinstance(real, types.URI):
+        text = str(value).strip()
+        scheme, sep, rest = text.partition('://')
+        if not sep:
+            return ('%s has no scheme: write %s = http://%s (or https:// '
+                    'with engine_api_ca_file)' % (where, opt.name, text))
+        if scheme not in real.schemes:
+            return ('%s: the scheme must be http or https: write '
+                    '%s = http://%s' % (where, opt.name, rest))
+        return ('%s is not a URL of the storage node: write %s = '
+                'http://HOST:PORT (its [api] address)' % (where, opt.name))
+    if getattr(real, 'choices', None):
+        return '%s is not valid: write one of %s' % (
+            where, ', '.join(real.choices))
+    if isinstance(real, types.Integer):
+        return '%s is not valid (%s): write a whole number of at least %s' % (
+            where, exc, real.min)
+    return '%s is not valid: %s' % (where, exc)
 
 
-class EngineDriverBase(driver.VolumeDriver):
-    """Cinder's driver interface over one pool of one storage node."""
+class EngineDriverBase(manage.ManageMixin, driver.VolumeDriver):
+    """Cinder's driver interface over one pool of one storage node
+    (manage and unmanage: :mod:`cinder_drivers.manage`).
+    """
 
     VERSION = '1.0.0'
     CI_WIKI_NAME = 'storage-engine CI'
@@ -117,10 +190,32 @@ class EngineDriverBase(driver.VolumeDriver):
         return self.configuration.engine_pool
 
     def do_setup(self, context):
+        self.check_options()
         # This process (cinder-volume) attaches volumes for its own copies:
         # os-brick must know our connectors here too.
         import os_brick_connectors
         os_brick_connectors.register()
+
+    def check_options(self):
+        """Refuse a value of an option that oslo.config leaves to us
+        (:class:`CheckedBySetup`), saying what to write instead.
+
+        Raises InvalidConfigurationValue, which fails this backend's start
+        and no other.
+        """
+        conf = self.configuration
+        for opt in engine_opts:
+            if not isinstance(opt.type, CheckedBySetup):
+                continue
+            value = conf.safe_get(opt.name)
+            if value is None:
+                continue
+            try:
+                opt.type.check(value)
+            except ValueError as exc:
+                msg = bad_option_message(conf.config_group, opt, value, exc)
+                LOG.error(msg)
+                raise exception.InvalidConfigurationValue(msg)
 
     def check_for_setup_error(self):
         if not self.configuration.engine_api_token:
@@ -134,9 +229,59 @@ class EngineDriverBase(driver.VolumeDriver):
                       wanted))
             LOG.error(msg)
             raise exception.InvalidConfigurationValue(msg)
-        with self._translated('checking storage node %s'
-                              % self.configuration.engine_api_url):
-            self.client.pool(self.pool)
+        url = self.configuration.engine_api_url
+        with self._translated('checking storage node %s' % url):
+            try:
+                self.client.pool(self.pool)
+            except errors.EngineError as exc:
+                if self._refuses_configuration(exc):
+                    msg = self._configuration_refusal(exc)
+                    LOG.error(msg)
+                    raise exception.InvalidConfigurationValue(msg) from exc
+                if not isinstance(exc, errors.Unavailable):
+                    raise
+                # Boot order: the node may start after cinder-volume. The
+                # backend reports itself down, without capacity, and comes
+                # up at the first stats poll the node answers.
+                LOG.warning('The storage node at %(url)s is not reachable '
+                            'yet (%(exc)s): backend %(backend)s starts '
+                            'down, with no capacity, and comes up by itself '
+                            'at the first stats poll the node answers. '
+                            'Check that storage-engine serve is running '
+                            'there and reachable.',
+                            {'url': url, 'exc': exc,
+                             'backend': self.configuration.config_group})
+
+    @staticmethod
+    def _refuses_configuration(exc: errors.EngineError) -> bool:
+        """Is ``exc`` the node refusing this backend's configuration (its
+        token, its pool, its CA), which waiting will not cure?
+        """
+        return isinstance(exc, (errors.Unauthorized, errors.NotFound)) or (
+            isinstance(exc, errors.Unavailable) and
+            isinstance(exc.__cause__, requests.exceptions.SSLError))
+
+    def _configuration_refusal(self, exc: errors.EngineError) -> str:
+        """What the operator must change when the node refuses this
+        backend's configuration (its token, its pool, its CA).
+        """
+        url = self.configuration.engine_api_url
+        backend = self.configuration.config_group
+        if isinstance(exc, errors.Unauthorized):
+            return ('the storage node at %s refused the token of backend '
+                    '%s: set engine_api_token to its [api] auth_token'
+                    % (url, backend))
+        if isinstance(exc, errors.Unavailable):
+            return ('backend %s cannot verify the storage node at %s (%s): '
+                    'set engine_api_ca_file to the CA that signed its '
+                    'certificate' % (backend, url, exc))
+        try:
+            known = ', '.join(sorted(p['name'] for p in self.client.pools()))
+        except errors.EngineError:
+            known = 'storage-engine pool list there shows them'
+        return ('the storage node at %s has no pool %s (%s): set '
+                'engine_pool of backend %s to one of its pools (%s)'
+                % (url, self.pool, exc, backend, known))
 
     @contextlib.contextmanager
     def _translated(self, action: str, refusals: dict | None = None):
@@ -213,10 +358,22 @@ class EngineDriverBase(driver.VolumeDriver):
         try:
             p = self.client.pool(self.pool)
         except errors.EngineError as exc:
-            LOG.warning('cannot read pool %s of %s: %s', self.pool,
-                        conf.engine_api_url, exc)
+            if self._refuses_configuration(exc):
+                # Found only now when the node was down at start: not
+                # transient, the operator must change the configuration.
+                LOG.error('%s; the backend stays down until then',
+                          self._configuration_refusal(exc))
+            else:
+                LOG.warning('cannot read pool %s of %s: %s', self.pool,
+                            conf.engine_api_url, exc)
+            # Every capacity key, zero: the scheduler compares each key it
+            # requires of the last report with the next one, and a key
+            # missing here made it drop every later report of this pool
+            # (KeyError), so that the backend stayed down after the node
+            # came back.
             pool.update(total_capacity_gb=0, free_capacity_gb=0,
-                        backend_state='down')
+                        provisioned_capacity_gb=0, allocated_capacity_gb=0,
+                        total_volumes=0, backend_state='down')
         else:
             pool.update(
                 total_capacity_gb=round(p['total'] / units.Gi, 2),
@@ -439,72 +596,3 @@ class EngineDriverBase(driver.VolumeDriver):
         except errors.IncarnationMismatch as exc:
             # The host attached again while this detach was retrying.
             LOG.info('export %s stays: %s', export_id, exc)
-
-    # -- manage and unmanage --------------------------------------------------
-
-    def _find_existing(self, existing_ref) -> dict:
-        with self._translated('looking up %s' % (existing_ref,)):
-            if 'source-id' in existing_ref:
-                try:
-                    return self.client.volume(existing_ref['source-id'])
-                except (errors.NotFound, errors.InvalidArgument) as exc:
-                    reason = str(exc)
-            elif 'source-name' in existing_ref:
-                found = self.client.volumes(pool=self.pool,
-                                            name=existing_ref['source-name'])
-                if found:
-                    return found[0]
-                reason = 'no volume of that name in pool %s' % self.pool
-            else:
-                reason = 'give source-name or source-id'
-        raise exception.ManageExistingInvalidReference(
-            existing_ref=existing_ref, reason=reason)
-
-    def manage_existing_get_size(self, volume, existing_ref):
-        return gib(self._find_existing(existing_ref)['size'])
-
-    def manage_existing(self, volume, existing_ref):
-        found = self._find_existing(existing_ref)
-        if found['pool'] != self.pool:
-            raise exception.ManageExistingInvalidReference(
-                existing_ref=existing_ref,
-                reason='it is in pool %s, not %s' % (found['pool'],
-                                                     self.pool))
-        with self._translated('managing %s as volume %s'
-                              % (found['name'], volume.id)):
-            size = gib(found['size']) * units.Gi
-            # Cinder counts whole GiB: the volume grows to the next one.
-            self.client.update_volume(
-                found['id'], name=volume.name,
-                size=size if size != found['size'] else None)
-        return {'provider_id': found['id']}
-
-    def unmanage(self, volume):
-        # The volume stays in the engine under its Cinder name.
-        LOG.info('volume %s (%s) is no longer managed by Cinder; it stays '
-                 'in pool %s', volume.name, self._engine_id(volume),
-                 self.pool)
-
-    def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
-                               sort_keys, sort_dirs):
-        known = {v.provider_id or v.id for v in cinder_volumes}
-        entries = []
-        with self._translated('listing pool %s' % self.pool):
-            volumes = self.client.volumes(pool=self.pool)
-            exported = {e['volume_id'] for e in self.client.exports()}
-        for vol in volumes:
-            managed = vol['id'] in known
-            safe = not managed and vol['id'] not in exported
-            reason = None
-            if managed:
-                reason = 'already managed'
-            elif not safe:
-                reason = 'exported'
-            entries.append({
-                'reference': {'source-name': vol['name']},
-                'size': gib(vol['size']), 'safe_to_manage': safe,
-                'reason_not_safe': reason,
-                'cinder_id': vol['id'] if managed else None,
-                'extra_info': 'provisioning=%s' % vol['provisioning']})
-        return volume_utils.paginate_entries_list(
-            entries, marker, limit, offset, sort_keys, sort_dirs)

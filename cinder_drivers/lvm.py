@@ -24,6 +24,11 @@ class EngineLVMDriver(base.EngineDriverBase):
         1.0.0 - First version: thin and thick volumes, snapshots, clones,
                 revert, online extend, retype thin <-> thick, manage,
                 multiattach, NBD exports admitting only their host.
+        1.1.0 - Snapshot manage/unmanage and snapshot-manageable-list;
+                manageable-list answers through Cinder (extra_info is a
+                dict); a bad option value fails its own backend only; a
+                node not up at start leaves the backend down until it
+                answers, not uninitialised.
     """
 
-    VERSION = '1.0.0'
+    VERSION = '1.1.0'

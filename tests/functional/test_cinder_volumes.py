@@ -314,6 +314,12 @@ def test_storage_node_down_fails_create_with_the_reason(
         node.client().volume(vol.id)
     cinder_client.volumes.delete(vol.id)
     _settled(cinder_client, vol, wanted='deleted', cinder=cinder)
+    # A stats poll while the node was down reported the backend down (no
+    # capacity); the next one brings it back by itself.
+    _wait('backend %s up again' % cinder.volume_host,
+          lambda: [p.backend_state for p in cinder_client.pools.list(
+              detailed=True) if p.name.startswith(cinder.volume_host + '#')]
+          == ['up'])
     ok = _create(cinder_client, cinder, name='node-back')
     cinder_client.volumes.delete(ok.id)
     _settled(cinder_client, ok, wanted='deleted', cinder=cinder)

@@ -38,32 +38,47 @@ def cinder_objects():
     CTX = cinder_context.get_admin_context()
 
 
-def _conf(node, group):
+def _conf(node, group, **more):
     conf = cfg.CONF
     if conf._args is None:
         conf([], project='cinder', default_config_files=[])
     config = configuration.Configuration(
         cinder_driver.volume_opts, config_group=group)
     config.append_config_values(lvm.base.engine_opts)
-    for key, value in (('engine_api_url', node.url),
-                       ('engine_api_token', node.token),
-                       ('volume_backend_name', group),
-                       ('engine_api_timeout', 10)):
+    settings = {'engine_api_url': node.url, 'engine_api_token': node.token,
+                'volume_backend_name': group, 'engine_api_timeout': 10}
+    settings.update(more)
+    for key, value in settings.items():
         conf.set_override(key, value, group=group)
     return config
 
 
 @pytest.fixture
-def driver(node):
-    group = 'engine-%s' % uuid.uuid4().hex[:8]
-    drv = lvm.EngineLVMDriver(configuration=_conf(node, group),
-                              host='test@%s' % group)
+def make_driver():
+    """A driver over ``node`` (``more``: other option values), not set
+    up yet.
+    """
+    made = []
+
+    def make(node, **more):
+        group = 'engine-%s' % uuid.uuid4().hex[:8]
+        made.append(group)
+        return lvm.EngineLVMDriver(configuration=_conf(node, group, **more),
+                                   host='test@%s' % group)
+
+    yield make
+    for group in made:
+        for key in lvm.base.engine_opts:
+            cfg.CONF.clear_override(key.name, group=group)
+        cfg.CONF.clear_override('volume_backend_name', group=group)
+
+
+@pytest.fixture
+def driver(node, make_driver):
+    drv = make_driver(node)
     drv.do_setup(CTX)
     drv.check_for_setup_error()
-    yield drv
-    for key in ('engine_api_url', 'engine_api_token', 'volume_backend_name',
-                'engine_api_timeout'):
-        cfg.CONF.clear_override(key, group=group)
+    return drv
 
 
 def _type(provisioning=None):
@@ -266,3 +281,45 @@ def test_pool_full_is_reported_and_nothing_is_left(driver, node):
                        match='pool default is full'):
         driver.create_volume(_volume(size=64, provisioning='thick'))
     assert _engine(node, '/volumes')['volumes'] == []
+
+
+def test_a_node_not_up_yet_is_not_fatal_to_the_set_up(node, make_driver):
+    """Boot order: the backend starts down and comes up with the node."""
+    from cinder.scheduler import host_manager
+
+    node.stop()
+    drv = make_driver(node)
+    drv.do_setup(CTX)
+    drv.check_for_setup_error()
+    down, = drv.get_volume_stats(refresh=True)['pools']
+    assert (down['backend_state'], down['total_capacity_gb'],
+            down['free_capacity_gb']) == ('down', 0, 0)
+    node.start()
+    up, = drv.get_volume_stats(refresh=True)['pools']
+    assert up['backend_state'] == 'up'
+    assert up['total_capacity_gb'] > 0
+    # The scheduler compares the keys it requires of one report with the
+    # next (HostManager._get_updated_pools): one missing from the down
+    # report made it drop every later one, and the backend stayed down.
+    assert host_manager.HostManager.REQUIRED_KEYS <= set(down) & set(up)
+
+
+def test_a_certificate_that_does_not_verify_fails_the_set_up(
+        node_factory, make_driver, pki):
+    tls = node_factory(
+        'secure', start=False, scheme='https',
+        api_extra='tls_cert_file = %s\ntls_key_file = %s'
+        % (pki.path('server-cert.pem'), pki.path('server-key.pem')))
+    tls.verify = pki.path('ca-cert.pem')
+    tls.start()
+    # Not transient, unlike a node that is down: the operator must act.
+    drv = make_driver(tls)
+    drv.do_setup(CTX)
+    with pytest.raises(exception.InvalidConfigurationValue,
+                       match='set engine_api_ca_file to the CA that signed '
+                             'its certificate'):
+        drv.check_for_setup_error()
+    drv = make_driver(tls, engine_api_ca_file=pki.path('ca-cert.pem'))
+    drv.do_setup(CTX)
+    drv.check_for_setup_error()
+    assert drv.get_volume_stats(True)['pools'][0]['backend_state'] == 'up'
