@@ -51,6 +51,7 @@ from oslo_log import log as logging
 from storage_engine import errors
 from storage_engine import metastore
 from storage_engine import names
+from storage_engine.service import pool_health
 
 LOG = logging.getLogger(__name__)
 
@@ -195,12 +196,14 @@ class Node:
     """The pools, volumes, snapshots, exports and jobs of one node.
 
     ``pools`` maps pool names to open :class:`VolumeGroup` objects, which
-    the node owns from now on (:meth:`close` closes them).
+    the node owns from now on (:meth:`close` closes them). ``health``
+    watches them (pool_health.py; it reopens pools if it has an opener).
     """
 
     def __init__(self, name: str, store: metastore.MetadataStore,
                  pools: dict, default_pool: str, default_thin: bool,
-                 exporters: typing.Iterable[Exporter], version: str = ''):
+                 exporters: typing.Iterable[Exporter], version: str = '',
+                 health: pool_health.PoolHealth | None = None):
         if default_pool not in pools:
             raise errors.InvalidArgument(
                 'default pool %s is not one of the pools (%s)'
@@ -222,6 +225,9 @@ class Node:
             max_workers=2, thread_name_prefix='job')
         self._handles: dict[str, typing.Any] = {}
         self._closed = False
+        self.health = health or pool_health.PoolHealth()
+        for pool_name, vg in sorted(self.pools.items()):
+            self.health.watch(pool_name, vg)
 
     # -- store records --------------------------------------------------------
 
@@ -372,10 +378,41 @@ class Node:
                 'volumes': cap.volumes, 'snapshots': cap.snapshots,
                 'physical_volumes': [
                     {'index': pv.index, 'path': pv.path, 'size': pv.size,
-                     'free': pv.free} for pv in vg.physical_volumes()]}
+                     'free': pv.free} for pv in vg.physical_volumes()],
+                **self.health.view(name)}
 
     def list_pools(self) -> list[dict]:
         return [self.pool(name) for name in sorted(self.pools)]
+
+    def reopen_pool(self, name: str) -> dict:
+        """Bring a pool stopped by an I/O error back without restarting
+        the node: close its group, open it again from disk (replaying its
+        journal), and serve its exports from the new group (their clients
+        are disconnected, and reconnect). A pool that is not stopped is
+        only checked again (out of space, it returns to service if it has
+        room). See pool_health.py.
+        """
+        name, vg = self._pool(name)
+        with self._lock('pool/%s' % name):
+            vg = self.pools[name]
+            if not self.health.stopped(name):
+                self.health.recheck(name)
+                return self.pool(name)
+            exports = {ident: rec for ident, (rec, _rev)
+                       in self._mine('exports').items()
+                       if self._mine_one(rec['volume_id']) == name}
+            for ident, rec in exports.items():
+                self.exporters[self._protocol(rec)].withdraw(ident, rec)
+                self._handles.pop(ident, None)
+            self.pools[name] = self.health.reopen(name, vg)
+            for ident, rec in sorted(exports.items()):
+                try:
+                    self._publish(ident, rec, name)
+                except errors.EngineError as exc:
+                    LOG.error('export %s of %s is not served again after '
+                              'reopening pool %s: %s', ident,
+                              rec['volume_id'], name, exc)
+            return self.pool(name)
 
     def info(self) -> dict:
         pools = self.list_pools()
@@ -388,6 +425,7 @@ class Node:
             'nbd': self.exporters['nbd'].describe(),
             'aoe': (self.exporters['aoe'].describe()
                     if 'aoe' in self.exporters else None),
+            'health': self.health.summary(),
             'stats': {
                 'pools': len(pools),
                 'volumes': sum(p['volumes'] for p in pools),
@@ -1105,6 +1143,7 @@ class Node:
         if self._closed:
             return
         self._closed = True
+        self.health.close()
         # Running jobs stop at their next progress report; the groups
         # close only after them.
         self._job_threads.shutdown(wait=True, cancel_futures=True)
