@@ -311,7 +311,8 @@ class Client:
     # -- node -----------------------------------------------------------------
 
     def ready(self) -> dict:
-        """``{"ready": true, "node": name}``.
+        """``{"ready": true, "node": name, "health": {...}}``; ``health``
+        names the pools out of space or stopped (``state: degraded``).
 
         A node not ready raises :class:`errors.Unavailable` (after the
         retries: a node that is starting becomes ready within them).
@@ -332,6 +333,13 @@ class Client:
 
     def pool(self, name: str) -> dict:
         return self._json('GET', self._path('pools', name))
+
+    def reopen_pool(self, name: str) -> dict:
+        """Reopen pool ``name`` if an I/O error stopped it (else check it
+        again); the pool after, its ``health`` included. Repeating it is
+        harmless, so it is retried as a read is.
+        """
+        return self._json('POST', self._path('pools', name, 'reopen'))
 
     # -- volumes --------------------------------------------------------------
 
