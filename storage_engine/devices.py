@@ -62,6 +62,7 @@ class Device:
         #: called with the DeviceFull error each time space runs out (the
         #: volume group's condition watches it); any thread
         self.on_full = None
+        self._mount = None
 
     @classmethod
     def open(cls, path: str, read_only: bool = False,
@@ -196,7 +197,9 @@ class Device:
         """
         if self.is_block:
             return self.path
-        return mount_point(self.path)
+        if self._mount is None:
+            self._mount = mount_point(self.path)
+        return self._mount
 
     def zero(self, offset: int, length: int) -> None:
         """Make ``[offset, offset+length)`` read as zeros."""
