@@ -566,17 +566,18 @@ class VolumeGroup:
     def _watch(self, dev) -> None:
         dev.on_full = self._health.no_space
 
-    def _preallocate_metadata(self) -> None:
+    def _preallocate_metadata(self, quiet: bool = False) -> None:
         """Allocate PV0's metadata area (label, superblock slots, journal
         ring), best effort: on a filesystem too small for the whole ring,
-        what fits ahead of the journal's head (see _begin_change).
+        what fits ahead of the journal's head (see _begin_change). Says
+        why it could not in a warning, unless ``quiet``.
         """
         dev0 = self._pvs[0].device
         try:
             self.metadata_allocated = \
                 dev0.preallocate(0, layout.JOURNAL_OFFSET) and \
                 self.journal.preallocate()
-            if not self.metadata_allocated:
+            if not self.metadata_allocated and not quiet:
                 LOG.warning('volume group %s: the filesystem of %s cannot '
                             'preallocate; metadata writes may fail for want '
                             'of space when it is full', self.name,
@@ -588,6 +589,8 @@ class VolumeGroup:
             self.journal.preallocate(RING_AHEAD)
         except errors.DeviceFull:
             pass
+        if quiet:
+            return
         LOG.warning('volume group %s: no room to preallocate its %d MiB '
                     'metadata area on %s (%s); it is allocated as it is '
                     'used', self.name,
@@ -661,7 +664,7 @@ class VolumeGroup:
             self._check_usable()
             try:
                 if not self.metadata_allocated and not self.read_only:
-                    self._preallocate_metadata()
+                    self._preallocate_metadata(quiet=True)
                 if not self.read_only:
                     self._commit_locked()
             except errors.NoSpace:
