@@ -848,7 +848,9 @@ class VolumeGroup:
             read_only=vol.read_only, has_parent=vol.parent is not None)
 
     def get(self, ref: str) -> info.VolumeInfo:
-        self._check_usable(memory=True)
+        # Not a memory view: callers look one up to act on it, and on a
+        # failed group they must learn at once that they cannot.
+        self._check_usable()
         with self._meta_lock:
             return self._info(self._lookup(ref))
 
