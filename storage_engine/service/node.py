@@ -392,7 +392,7 @@ class Node:
         only checked again (out of space, it returns to service if it has
         room). See pool_health.py.
         """
-        name, vg = self._pool(name)
+        name, _vg = self._pool(name)
         with self._lock('pool/%s' % name):
             vg = self.pools[name]
             if not self.health.stopped(name):
@@ -591,7 +591,7 @@ class Node:
                     % (info.name, ', '.join(s.name for s in snaps)),
                     snapshots=[s.id for s in snaps])
             self._settle(ident, state=DELETING)
-            self._finish_delete(pool, ident, info.name, VOLUME)
+            self._finish_delete_or_undo(pool, ident, info.name, VOLUME)
             LOG.info('deleted volume %s (%s)', info.name, ident)
 
     def _finish_delete(self, pool: str, ident: str, name: str,
@@ -606,6 +606,17 @@ class Node:
             pass            # a delete that crashed after the group's part
         self._drop_name(name, ident)
         self._drop_keys(self._vkey(ident))
+
+    def _finish_delete_or_undo(self, pool: str, ident: str, name: str,
+                               kind: str) -> None:
+        """_finish_delete; a pool out of space refuses it having changed
+        nothing (NoSpace), and then the record is available again.
+        """
+        try:
+            self._finish_delete(pool, ident, name, kind)
+        except errors.NoSpace:
+            self._settle(ident, state=AVAILABLE)
+            raise
 
     def _drop_name(self, name: str, ident: str) -> None:
         try:
@@ -780,7 +791,7 @@ class Node:
             # the record, so a refusal changes nothing.
             self.pools[pool].check_snapshot_deletable(ident)
             self._settle(ident, state=DELETING)
-            self._finish_delete(pool, ident, info.name, SNAPSHOT)
+            self._finish_delete_or_undo(pool, ident, info.name, SNAPSHOT)
             LOG.info('deleted snapshot %s (%s)', info.name, ident)
 
     # -- exports --------------------------------------------------------------
@@ -1075,8 +1086,13 @@ class Node:
         if state == DELETING:
             LOG.info('finishing the delete of %s %s', rec['kind'], ident)
             if rec.get('pool') in self.pools:
-                self._finish_delete(rec['pool'], ident, rec['name'],
-                                    rec['kind'])
+                try:
+                    self._finish_delete(rec['pool'], ident, rec['name'],
+                                        rec['kind'])
+                except errors.NoSpace as exc:
+                    # The pool is out of space: the next start finishes.
+                    LOG.warning('%s %s stays deleting: %s', rec['kind'],
+                                ident, exc)
             return
         if found is None:
             if state == CREATING:

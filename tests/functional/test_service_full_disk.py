@@ -164,6 +164,7 @@ def test_a_full_filesystem_gives_enospc_and_the_pool_comes_back_by_itself(
     assert _health(node) == {'state': 'ok', 'reason': None, 'since': None}
 
     vol = _volume(node, 'v', 512 * MiB)
+    spare = _volume(node, 'spare', MiB)
     export = _attach(node, vol['id'])
     acked = {}
     with _connect(node, export) as c:
@@ -202,8 +203,11 @@ def test_a_full_filesystem_gives_enospc_and_the_pool_comes_back_by_itself(
         resp = node.post('/volumes', json={'name': 'w', 'size': MiB})
         assert resp.status_code == 507, resp.text
         assert resp.json()['error']['code'] == 'device_full'
-        assert [v['name'] for v in
-                _ok(node.get('/volumes'))['volumes']] == ['v']
+        resp = node.request('DELETE', '/volumes/%s' % spare['id'])
+        assert resp.status_code == 507, resp.text
+        assert [(v['name'], v['status']) for v in
+                _ok(node.get('/volumes'))['volumes']] == \
+            [('spare', 'available'), ('v', 'available')]
 
         # More room: the pool goes back into service by itself.
         small_fs.grow(256 * MiB)
@@ -217,6 +221,8 @@ def test_a_full_filesystem_gives_enospc_and_the_pool_comes_back_by_itself(
             acked[i] = _chunk(i)
         c.flush()
         _volume(node, 'w', MiB)
+        assert node.request('DELETE', '/volumes/%s' % spare['id']) \
+            .status_code == 204
 
     node.stop()
     check = subprocess.run([COMMAND, 'vg', 'check', pv], capture_output=True,
