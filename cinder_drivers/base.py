@@ -375,14 +375,24 @@ class EngineDriverBase(manage.ManageMixin, driver.VolumeDriver):
                         provisioned_capacity_gb=0, allocated_capacity_gb=0,
                         total_volumes=0, backend_state='down')
         else:
+            # A pool out of space or stopped by an I/O error takes no new
+            # volumes; its free space is what its files can still grow by.
+            health = p.get('health') or {'state': 'ok'}
+            if health['state'] != 'ok':
+                LOG.warning('pool %s of %s is %s since %s: %s; reported '
+                            'down', self.pool, conf.engine_api_url,
+                            health['state'], health.get('since'),
+                            health.get('reason'))
+            shortfall = (p.get('backing') or {}).get('shortfall', 0)
             pool.update(
                 total_capacity_gb=round(p['total'] / units.Gi, 2),
-                free_capacity_gb=round(p['free'] / units.Gi, 2),
+                free_capacity_gb=round(
+                    max(0, p['free'] - shortfall) / units.Gi, 2),
                 provisioned_capacity_gb=round(
                     p['provisioned'] / units.Gi, 2),
                 allocated_capacity_gb=round(p['allocated'] / units.Gi, 2),
                 total_volumes=p['volumes'],
-                backend_state='up')
+                backend_state='up' if health['state'] == 'ok' else 'down')
         stats['pools'] = [pool]
         self._stats = stats
 

@@ -319,7 +319,8 @@ class Client:
     # -- node -----------------------------------------------------------------
 
     def ready(self) -> dict:
-        """``{"ready": true, "node": name}``.
+        """``{"ready": true, "node": name, "health": {...}}``; ``health``
+        names the pools out of space or stopped (``state: degraded``).
 
         A node not ready raises :class:`errors.Unavailable` (after the
         retries: a node that is starting becomes ready within them).
@@ -348,6 +349,13 @@ class Client:
         an exception. The check changes nothing: retried freely.
         """
         return self._json('POST', self._path('pools', name, 'check'))
+
+    def reopen_pool(self, name: str) -> dict:
+        """Reopen pool ``name`` if an I/O error stopped it (else check it
+        again); the pool after, its ``health`` included. Repeating it is
+        harmless, so it is retried as a read is.
+        """
+        return self._json('POST', self._path('pools', name, 'reopen'))
 
     # -- volumes --------------------------------------------------------------
 

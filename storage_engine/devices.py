@@ -6,6 +6,16 @@ volume store needs: positioned reads and writes, zeroing a range, and
 in a regular file, ``BLKZEROOUT`` on a block device, which a loop device
 turns into a punched hole of its backing file) and falls back to writing
 zeros, so freshly allocated space never shows a former owner's data.
+
+Running out of space is not a device error. A write (or a zeroing) that
+the filesystem under a sparse file refuses with ENOSPC or EDQUOT raises
+:class:`errors.DeviceFull`: nothing, or a prefix, landed, and the same
+write succeeds once there is room. Every other failure is
+:class:`errors.DeviceError`, and a failed ``fdatasync`` always is one,
+whatever its errno: the kernel may have dropped the dirty pages it could
+not write, so what the page cache shows is no longer what the disk holds.
+:meth:`Device.preallocate` lets the metadata area be allocated up front,
+so that its writes cannot fail for want of space.
 """
 
 import ctypes
@@ -25,6 +35,8 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 BLKZEROOUT = 0x127F
 
 _ZERO_CHUNK = bytes(1 << 20)
+# A write refused for want of space, not for a fault of the device.
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 _libc = ctypes.CDLL(ctypes.util.find_library('c') or None, use_errno=True)
 _fallocate = _libc.fallocate
@@ -47,6 +59,10 @@ class Device:
         # Written since the last sync (set after each write lands, so a
         # sync that starts after a write completed always sees it).
         self.dirty = False
+        #: called with the DeviceFull error each time space runs out (the
+        #: volume group's condition watches it); any thread
+        self.on_full = None
+        self._mount = None
 
     @classmethod
     def open(cls, path: str, read_only: bool = False,
@@ -149,8 +165,41 @@ class Device:
                 offset += n
             self.dirty = True
         except OSError as e:
+            # A prefix may have landed: the next sync must cover it.
+            self.dirty = True
+            if e.errno in _FULL_ERRNOS:
+                raise self._full('write', offset, e) from None
             raise errors.DeviceError('write error on %s at %d: %s'
                                      % (self.path, offset, e), path=self.path)
+
+    def _full(self, what: str, offset: int, e: OSError,
+              report: bool = True) -> errors.DeviceFull:
+        """The DeviceFull error for ``e``; with ``report``, also given to
+        ``on_full``.
+        """
+        where = self.filesystem()
+        try:
+            st = os.statvfs(self.path)
+            free = ', %d bytes free' % (st.f_bavail * st.f_frsize)
+        except OSError:
+            free = ''
+        exc = errors.DeviceFull(
+            '%s: no space for %s %s at %d (filesystem %s%s)'
+            % (os.strerror(e.errno), what, self.path, offset, where, free),
+            path=self.path, filesystem=where, offset=offset)
+        if report and self.on_full is not None:
+            self.on_full(exc)
+        return exc
+
+    def filesystem(self) -> str:
+        """The mount point of the filesystem holding the file (a block
+        device: the device itself).
+        """
+        if self.is_block:
+            return self.path
+        if self._mount is None:
+            self._mount = mount_point(self.path)
+        return self._mount
 
     def zero(self, offset: int, length: int) -> None:
         """Make ``[offset, offset+length)`` read as zeros."""
@@ -166,6 +215,10 @@ class Device:
                 self.dirty = True
                 return
             except OSError as e:
+                if e.errno in _FULL_ERRNOS:
+                    # Punching a hole can need a new extent block.
+                    self.dirty = True
+                    raise self._full('zeroing', offset, e) from None
                 if e.errno not in (errno.EOPNOTSUPP, errno.ENOTTY,
                                    errno.EINVAL, errno.ENOSYS):
                     raise errors.DeviceError(
@@ -183,6 +236,29 @@ class Device:
         if _fallocate(self.fd, mode, offset, length) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
+
+    def preallocate(self, offset: int, length: int) -> bool:
+        """Allocate the blocks of ``[offset, offset+length)`` of a file, so
+        that writes there cannot fail for want of space; contents and size
+        stay as they are.
+
+        True when the range is allocated (a block device always is), False
+        when the filesystem cannot preallocate (a copy-on-write one cannot
+        promise it either). DeviceFull if there is not room for it.
+        """
+        if self.is_block or length <= 0:
+            return True
+        if _fallocate(self.fd, FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        e = OSError(err, os.strerror(err))
+        if err in _FULL_ERRNOS:
+            # Not a refused write: the caller says what it means.
+            raise self._full('preallocating', offset, e, report=False)
+        raise errors.DeviceError('cannot preallocate %s at %d: %s'
+                                 % (self.path, offset, e), path=self.path)
 
     def sync(self) -> None:
         self.dirty = False
@@ -206,3 +282,14 @@ class Device:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def mount_point(path: str) -> str:
+    """The mount point of the filesystem that holds ``path``."""
+    path = os.path.realpath(path)
+    while not os.path.ismount(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path

@@ -77,6 +77,19 @@ class NoSpace(EngineError):
     errno = _errno.ENOSPC
 
 
+class DeviceFull(NoSpace):
+    """The filesystem (or thin device) under a physical volume refused a
+    write for want of space (ENOSPC, EDQUOT).
+
+    Nothing, or a prefix of the write, landed, and the group stays usable:
+    the same write succeeds once there is room again. ``details`` name the
+    physical volume (``path``) and its filesystem (``filesystem``, a mount
+    point).
+    """
+
+    code = 'device_full'
+
+
 class Busy(EngineError):
     code = 'busy'
     errno = _errno.EBUSY

@@ -347,6 +347,10 @@ class TargetCore:
             return None
         read = request.raw[_AT_CMD] in (wire.ATA_READ, wire.ATA_READ_EXT)
         if error is not None:
+            # ATA has no "no space" status: a write or flush refused for
+            # want of space (ENOSPC) is aborted (ABRT), as any failed
+            # write; the Linux aoe driver reports EIO either way. A read
+            # fails with UNC.
             reply = self._ata_reply(
                 request, wire.ATA_ERR_UNC if read else wire.ATA_ERR_ABRT)
         else:

@@ -10,7 +10,7 @@ Talk to a running node through its management API (``--url``, default
 these options may come before or after the command)::
 
     storage-engine status
-    storage-engine pool list | show NAME | check NAME
+    storage-engine pool list | show NAME | check NAME | reopen NAME
     storage-engine volume list [--pool P] | show REF | delete REF
     storage-engine volume create NAME SIZE [--pool P] [--thin|--thick]
                                  [--from-snapshot REF | --from-volume REF]
@@ -32,10 +32,11 @@ Work on a volume group directly, while no service has it open::
     storage-engine vg create|show|check|add-pv ...
 
 Exit codes, for scripts: 0 success; 1 a check found problems (``vg
-check``, ``pool check``) or a job failed; 2 bad usage or an invalid
-argument; 3 not found; 4 conflict (already exists, busy); 5 no space; 6
-unauthorized; 7 unavailable (node unreachable or not ready); 8 any other
-error; 9 ``vg check`` of a group a running process holds. An error
+check``, ``pool check``), a job failed, or a pool reopened is not back
+in service; 2 bad usage or an invalid argument; 3 not found; 4 conflict
+(already exists, busy); 5 no space; 6 unauthorized; 7 unavailable (node
+unreachable or not ready); 8 any other error; 9 ``vg check`` of a group a
+running process holds. An error
 is one line on stderr, ``storage-engine: error: <message>``, the form
 argparse uses for usage errors.
 """

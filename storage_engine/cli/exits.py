@@ -8,7 +8,7 @@ same classes as the engine in-process), never by its message.
 from storage_engine import errors
 
 OK = 0
-PROBLEMS = 1        # vg or pool check found problems, or a job failed
+PROBLEMS = 1        # a check found problems, a job failed, a pool is down
 USAGE = 2           # bad usage or an invalid argument
 NOT_FOUND = 3
 CONFLICT = 4        # already exists, busy, read-only
@@ -34,7 +34,8 @@ _BY_CLASS = (
 EPILOG = """\
 exit codes:
   0  success
-  1  a check found problems (vg check, pool check), or a job failed
+  1  a check found problems (vg check, pool check), a job failed, or a
+     pool reopened is not back in service
   2  bad usage or invalid argument
   3  not found
   4  conflict (already exists, busy)

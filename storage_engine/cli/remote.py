@@ -198,28 +198,61 @@ def cmd_pool_list(args: argparse.Namespace) -> int:
     return exits.OK
 
 
-def cmd_pool_show(args: argparse.Namespace) -> int:
-    def human(p: dict) -> None:
-        output.fields([
-            ('name', p['name']),
-            ('cluster size', output.size(p['cluster_size'])),
-            ('total', output.size(p['total'])),
-            ('free', output.size(p['free'])),
-            ('allocated', output.size(p['allocated'])),
-            ('provisioned', output.size(p['provisioned'])),
-            ('thick reserved', output.size(p['thick_reserved'])),
-            ('available thin', output.size(p['available_thin'])),
-            ('over-subscription', '%g' % p['max_over_subscription_ratio']),
-            ('reserved', '%d%%' % p['reserved_percentage']),
-            ('volumes', p['volumes']), ('snapshots', p['snapshots'])])
-        if p['physical_volumes']:
-            print()
-            output.table([[pv['index'], pv['path'], output.size(pv['size']),
-                           output.size(pv['free'])]
-                          for pv in p['physical_volumes']],
-                         ['PV', 'PATH', 'SIZE', 'FREE'])
+def _health(p: dict) -> str:
+    """A pool's health, for people: ``ok``, or the state, since when and
+    why.
+    """
+    h = p.get('health') or {'state': 'ok'}
+    if h['state'] == 'ok':
+        return 'ok'
+    return '%s since %s: %s' % (h['state'], h.get('since'), h.get('reason'))
 
-    output.emit(args.format, make_client(args).pool(args.name), human)
+
+def _backing(p: dict) -> str | None:
+    b = p.get('backing') or {}
+    if not b.get('shortfall'):
+        return None
+    return 'its files may grow by %s more than %s' % (
+        output.size(b['shortfall']), ', '.join(
+            '%s has free (%s)' % (fs['mount'], output.size(fs['free']))
+            for fs in b.get('filesystems', ())))
+
+
+def show_pool(p: dict) -> None:
+    output.fields([
+        ('name', p['name']),
+        ('health', _health(p)),
+        ('short of space', _backing(p)),
+        ('cluster size', output.size(p['cluster_size'])),
+        ('total', output.size(p['total'])),
+        ('free', output.size(p['free'])),
+        ('allocated', output.size(p['allocated'])),
+        ('provisioned', output.size(p['provisioned'])),
+        ('thick reserved', output.size(p['thick_reserved'])),
+        ('available thin', output.size(p['available_thin'])),
+        ('over-subscription', '%g' % p['max_over_subscription_ratio']),
+        ('reserved', '%d%%' % p['reserved_percentage']),
+        ('volumes', p['volumes']), ('snapshots', p['snapshots'])])
+    if p['physical_volumes']:
+        print()
+        output.table([[pv['index'], pv['path'], output.size(pv['size']),
+                       output.size(pv['free'])]
+                      for pv in p['physical_volumes']],
+                     ['PV', 'PATH', 'SIZE', 'FREE'])
+
+
+def cmd_pool_reopen(args: argparse.Namespace) -> int:
+    pool = make_client(args).reopen_pool(args.name)
+    output.emit(args.format, pool, show_pool)
+    if (pool.get('health') or {}).get('state', 'ok') != 'ok':
+        print('storage-engine: error: pool %s is not back in service: %s'
+              % (args.name, _health(pool)), file=sys.stderr)
+        return exits.PROBLEMS
+    return exits.OK
+
+
+def cmd_pool_show(args: argparse.Namespace) -> int:
+    output.emit(args.format, make_client(args).pool(args.name), show_pool)
     return exits.OK
 
 
@@ -426,6 +459,11 @@ def add_parsers(sub, parents: list[argparse.ArgumentParser]) -> None:
                          'serves it, as vg check\ndoes offline: I/O goes '
                          'on.')
     p.add_argument('name')
+    leaf(pools, 'reopen', cmd_pool_reopen,
+         'bring a pool stopped by an I/O error back (closed and opened '
+         'again from disk, its exports served again), without restarting '
+         'the node; another pool is only checked again').add_argument(
+             'name')
 
     vols = resource('volume', 'volumes')
     p = leaf(vols, 'list', cmd_volume_list, 'volumes, or those of one pool')

@@ -238,7 +238,9 @@ class API:
         if not self.ready:
             return error_response(503, errors.Unavailable.code,
                                   'node %s is not ready' % self.node.name)
-        return web.json_response({'ready': True, 'node': self.node.name})
+        # Ready, but a pool out of space or stopped is named (degraded).
+        return web.json_response({'ready': True, 'node': self.node.name,
+                                  'health': self.node.health.summary()})
 
     async def openapi(self, request):
         _query(request, {})
@@ -270,6 +272,12 @@ class API:
         _query(request, {})
         pool = _pool_name(request.match_info['pool'])
         return web.json_response(await self.call(self.node.check_pool,
+                                                 pool))
+
+    async def reopen_pool(self, request):
+        _query(request, {})
+        pool = _pool_name(request.match_info['pool'])
+        return web.json_response(await self.call(self.node.reopen_pool,
                                                  pool))
 
     # -- volumes ----------------------------------------------------------
@@ -399,6 +407,7 @@ class API:
             web.get(v + '/pools', self.list_pools),
             web.get(v + '/pools/{pool}', self.get_pool),
             web.post(v + '/pools/{pool}/check', self.check_pool),
+            web.post(v + '/pools/{pool}/reopen', self.reopen_pool),
             web.get(v + '/volumes', self.list_volumes),
             web.post(v + '/volumes', self.create_volume),
             web.get(v + '/volumes/{volume_id}', self.get_volume),

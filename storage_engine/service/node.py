@@ -61,6 +61,7 @@ from storage_engine import errors
 from storage_engine import incarnation as incarnation_mod
 from storage_engine import metastore
 from storage_engine import names
+from storage_engine.service import pool_health
 from storage_engine.service import reconcile
 
 LOG = logging.getLogger(__name__)
@@ -210,7 +211,8 @@ class Node:
     """The pools, volumes, snapshots, exports and jobs of one node.
 
     ``pools`` maps pool names to open :class:`VolumeGroup` objects, which
-    the node owns from now on (:meth:`close` closes them).
+    the node owns from now on (:meth:`close` closes them). ``health``
+    watches them (pool_health.py; it reopens pools if it has an opener).
     ``reconcile_interval``: seconds between two background reconciliation
     passes (0: only after a metadata-store failure), see reconcile.py.
     """
@@ -225,7 +227,8 @@ class Node:
     def __init__(self, name: str, store: metastore.MetadataStore,
                  pools: dict, default_pool: str, default_thin: bool,
                  exporters: typing.Iterable[Exporter], version: str = '',
-                 reconcile_interval: float = 300.0):
+                 reconcile_interval: float = 300.0,
+                 health: pool_health.PoolHealth | None = None):
         if default_pool not in pools:
             raise errors.InvalidArgument(
                 'default pool %s is not one of the pools (%s)'
@@ -252,6 +255,9 @@ class Node:
         # Exports served now: {id: (record, volume handle)}.
         self._handles: dict[str, tuple[dict, typing.Any]] = {}
         self._closed = False
+        self.health = health or pool_health.PoolHealth()
+        for pool_name, vg in sorted(self.pools.items()):
+            self.health.watch(pool_name, vg)
 
     # -- store records --------------------------------------------------------
 
@@ -466,7 +472,8 @@ class Node:
                 'volumes': cap.volumes, 'snapshots': cap.snapshots,
                 'physical_volumes': [
                     {'index': pv.index, 'path': pv.path, 'size': pv.size,
-                     'free': pv.free} for pv in vg.physical_volumes()]}
+                     'free': pv.free} for pv in vg.physical_volumes()],
+                **self.health.view(name)}
 
     def list_pools(self) -> list[dict]:
         return [self.pool(name) for name in sorted(self.pools)]
@@ -481,6 +488,36 @@ class Node:
                 'errors': report.errors, 'notes': report.notes,
                 'stats': report.stats}
 
+    def reopen_pool(self, name: str) -> dict:
+        """Bring a pool stopped by an I/O error back without restarting
+        the node: close its group, open it again from disk (replaying its
+        journal), and serve its exports from the new group (their clients
+        are disconnected, and reconnect). A pool that is not stopped is
+        only checked again (out of space, it returns to service if it has
+        room). See pool_health.py.
+        """
+        name, _vg = self._pool(name)
+        with self._lock('pool/%s' % name):
+            vg = self.pools[name]
+            if not self.health.stopped(name):
+                self.health.recheck(name)
+                return self.pool(name)
+            # The exports served from it (their records stay).
+            exports = {ident: rec for ident, (rec, _handle)
+                       in list(self._handles.items())
+                       if self._mine_one(rec['volume_id']) == name}
+            for ident in exports:
+                self._withdraw(ident)
+            self.pools[name] = self.health.reopen(name, vg)
+            for ident, rec in sorted(exports.items()):
+                try:
+                    self._publish(ident, rec, name)
+                except errors.EngineError as exc:
+                    LOG.error('export %s of %s is not served again after '
+                              'reopening pool %s: %s', ident,
+                              rec['volume_id'], name, exc)
+            return self.pool(name)
+
     def info(self) -> dict:
         pools = self.list_pools()
         with self._jobs_lock:
@@ -492,6 +529,7 @@ class Node:
             'nbd': self.exporters['nbd'].describe(),
             'aoe': (self.exporters['aoe'].describe()
                     if 'aoe' in self.exporters else None),
+            'health': self.health.summary(),
             'stats': {
                 'pools': len(pools),
                 'volumes': sum(p['volumes'] for p in pools),
@@ -688,7 +726,8 @@ class Node:
                     self._remove_export(export_id)
                 with self._recording('the delete of volume %s' % ident):
                     self._settle(ident, state=DELETING)
-                    self._finish_delete(pool, ident, info.name, VOLUME)
+                    self._finish_delete_or_undo(pool, ident, info.name,
+                                                VOLUME)
                 LOG.info('deleted volume %s (%s)', info.name, ident)
                 return
 
@@ -708,6 +747,17 @@ class Node:
             pass            # a delete that crashed after the group's part
         self._drop_name(name, ident)
         self._drop_keys(self._vkey(ident))
+
+    def _finish_delete_or_undo(self, pool: str, ident: str, name: str,
+                               kind: str) -> None:
+        """_finish_delete; a pool out of space refuses it having changed
+        nothing (NoSpace), and then the record is available again.
+        """
+        try:
+            self._finish_delete(pool, ident, name, kind)
+        except errors.NoSpace:
+            self._settle(ident, state=AVAILABLE)
+            raise
 
     def _drop_name(self, name: str, ident: str) -> None:
         try:
@@ -894,7 +944,8 @@ class Node:
             self.pools[pool].check_snapshot_deletable(ident)
             with self._recording('the delete of snapshot %s' % ident):
                 self._settle(ident, state=DELETING)
-                self._finish_delete(pool, ident, info.name, SNAPSHOT)
+                self._finish_delete_or_undo(pool, ident, info.name,
+                                            SNAPSHOT)
             LOG.info('deleted snapshot %s (%s)', info.name, ident)
 
     # -- exports --------------------------------------------------------------
@@ -1201,6 +1252,7 @@ class Node:
             return
         self._closed = True
         self.reconciler.stop()
+        self.health.close()
         # Running jobs stop at their next progress report; the groups
         # close only after them.
         self._job_threads.shutdown(wait=True, cancel_futures=True)

@@ -129,8 +129,13 @@ class Reconciler:
         if state == node.DELETING:
             LOG.info('finishing the delete of %s %s', rec['kind'], ident)
             if rec.get('pool') in node.pools:
-                node._finish_delete(rec['pool'], ident, rec['name'],
-                                    rec['kind'])
+                try:
+                    node._finish_delete(rec['pool'], ident, rec['name'],
+                                        rec['kind'])
+                except errors.NoSpace as exc:
+                    # The pool is out of space: a later pass finishes it.
+                    LOG.warning('%s %s stays deleting: %s', rec['kind'],
+                                ident, exc)
             return
         if found is None:
             if state == node.CREATING:

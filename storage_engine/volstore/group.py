@@ -14,6 +14,20 @@ Durability rules (see doc/source/volume-store.rst for the full argument):
    acknowledged to the page cache and become durable at the next flush
    (or at once with FUA), as with any disk with a volatile write cache.
 
+Running out of space (a sparse PV on a filesystem that fills up) is not a
+failure (see condition.py). A write refused with ENOSPC changes nothing
+the group knows. A commit that cannot be written for want of space keeps
+its records and deferred frees pending, in order, for the next commit, and
+leaves the journal and superblock as they were; a flush then fails, and
+claims nothing. A management operation first makes sure its own commit can
+be written (:meth:`VolumeGroup._begin_change`: a checkpoint first if the
+journal is short of room, the ring ahead of the head allocated) and is
+refused with NoSpace, having changed nothing, if not. The
+metadata area of PV0 (label, superblock slots, journal ring) is
+preallocated at create and open where the filesystem lets it, so its
+writes do not run out of space in the first place. Only real I/O errors
+(and any failed fdatasync) stop the group until it is opened again.
+
 Concurrency: one metadata lock guards the model and the pending records;
 a commit lock serialises commits; each volume has an :class:`IOGate` and an
 allocation lock (see volume.py).
@@ -26,12 +40,15 @@ import threading
 import time
 import zlib
 
+from oslo_log import log as logging
+
 from storage_engine import devices
 from storage_engine import errors
 from storage_engine import names
 from storage_engine.volstore import allocator as allocator_mod
 from storage_engine.volstore import checkpoint
 from storage_engine.volstore.clustermap import UNMAPPED
+from storage_engine.volstore import condition as condition_mod
 from storage_engine.volstore import info
 from storage_engine.volstore import iogate
 from storage_engine.volstore import journal as journal_mod
@@ -49,6 +66,16 @@ MAX_CLUSTER_SIZE = 256 * 1024 * 1024
 MAX_PENDING_ENTRIES = 64 * 1024
 # Largest MAP record; bigger batches are split.
 _MAP_RECORD_ENTRIES = 32 * 1024
+# Journal ring kept allocated ahead of the head when the whole ring cannot
+# be (a filesystem smaller than the metadata area).
+RING_AHEAD = 4 * 1024 * 1024
+# Room a management operation makes sure the journal has before it changes
+# anything (at most this share of the ring): its own record plus the
+# mappings writes publish meanwhile, so that its commit is an append into
+# allocated blocks, not a checkpoint that may need new space.
+_COMMIT_ROOM = 256 * 1024
+
+LOG = logging.getLogger(__name__)
 
 
 class _PV:
@@ -99,6 +126,16 @@ class VolumeGroup:
         self._filling = set()
         self._failed = None
         self._closed = False
+        # Set first thing by close(): no new I/O or change may start.
+        self._closing = False
+        self._health = condition_mod.Tracker()
+        # After a recovery whose checkpoint could not be written: the
+        # ring may hold a torn commit past the replayed end, so nothing
+        # may be appended before a checkpoint (with an LSN jump) is.
+        self._need_checkpoint = False
+        #: the whole metadata area of PV0 is allocated (see
+        #: _preallocate_metadata)
+        self.metadata_allocated = False
         self.read_only = False
         self.replayed = 0
         self.recovered = False
@@ -152,9 +189,11 @@ class VolumeGroup:
                 pv = self._format_pv(dev, index, journal_size, force,
                                      base=sum(p.clusters for p in self._pvs))
                 self._pvs.append(pv)
+                self._watch(dev)
             self.journal = journal_mod.Journal(
                 self._pvs[0].device, layout.JOURNAL_OFFSET, journal_size,
                 self._seed)
+            self._preallocate_metadata()
             self.state = state_mod.State(cluster_size, self._defer_free)
             self.state.policy.update(
                 over_subscription_ratio=float(over_subscription_ratio),
@@ -166,7 +205,7 @@ class VolumeGroup:
             # never be mistaken for ours.
             for slot in layout.SUPERBLOCK_SLOTS:
                 dev0.pwrite(bytes(layout.SUPERBLOCK_SIZE), slot)
-            self._checkpoint_now(lsn_jump=False)
+            self._checkpoint_now()
         except BaseException:
             for pv in self._pvs:
                 if pv.path not in created:
@@ -266,6 +305,10 @@ class VolumeGroup:
             jr = sb['journal']
             self.journal = journal_mod.Journal(dev0, jr['offset'], jr['size'],
                                                self._seed)
+            for pv in self._pvs:
+                self._watch(pv.device)
+            if not read_only:
+                self._preallocate_metadata()
             self._ckpt = sb['checkpoint']
             if self._ckpt is not None:
                 blob = self._read_runs(self._ckpt['runs'],
@@ -290,7 +333,16 @@ class VolumeGroup:
                 # Recovery: make the replayed state a checkpoint, and jump
                 # the LSN past anything a torn commit may have left.
                 self.recovered = True
-                self._checkpoint_now(lsn_jump=True)
+                self.journal.torn = True
+                self._need_checkpoint = True
+                try:
+                    self._checkpoint_now()
+                except errors.NoSpace as exc:
+                    # Open anyway (reads need no space); every commit is a
+                    # checkpoint until one can be written.
+                    LOG.warning('volume group %s: no room for the recovery '
+                                'checkpoint (%s); flushes fail until there '
+                                'is', self.name, exc)
         except BaseException:
             for dev in opened:
                 dev.close()
@@ -367,7 +419,13 @@ class VolumeGroup:
             self._map_count += 1
             full = self._map_count >= MAX_PENDING_ENTRIES
         if full:
-            self.commit()
+            try:
+                self.commit()
+            except errors.NoSpace:
+                # The write is where it should be and its mapping visible:
+                # it stands, and is made durable by a later flush (which
+                # fails, claiming nothing, while there is no room).
+                pass
 
     def commit(self) -> None:
         """Make every completed write and metadata change durable."""
@@ -375,100 +433,288 @@ class VolumeGroup:
         if self.read_only:
             return              # nothing can have changed
         with self._commit_lock:
-            with self._meta_lock:
-                self._seal_batch()
-                recs, self._records = self._records, []
-                frees, self._frees = self._frees, []
-                blob = None
-                if recs and not self.journal.fits(recs):
-                    blob = checkpoint.dump(self.state, self._seed)
-            try:
-                # Data before metadata. A PV nobody wrote since its last
-                # sync has nothing to make durable (the flag is read after
-                # the records were captured, see Device.dirty).
-                for pv in self._pvs:
-                    if pv.device.dirty:
-                        pv.device.sync()
-                if blob is not None:
-                    self._write_checkpoint(blob, self.journal.next_lsn)
-                elif recs:
-                    self.journal.append(recs)
-                    self._pvs[0].device.sync()
-            except errors.EngineError as e:
-                self._failed = e
-                raise
-            self.allocator.release(frees)
+            self._check_usable()        # closed while we waited?
+            self._commit_locked()
 
-    def _checkpoint_now(self, lsn_jump: bool) -> None:
-        with self._commit_lock:
-            with self._meta_lock:
-                self._seal_batch()
-                self._records = []
-                frees, self._frees = self._frees, []
+    def _commit_locked(self, checkpoint_now: bool = False) -> None:
+        """Commit under the commit lock: the pending records in the journal,
+        or a checkpoint (``checkpoint_now``, or when they do not fit).
+
+        NoSpace: nothing was made durable that was not before; the records
+        and deferred frees are pending again, ahead of newer ones, and the
+        group is usable. Any other error stops the group.
+        """
+        with self._meta_lock:
+            self._seal_batch()
+            recs, self._records = self._records, []
+            frees, self._frees = self._frees, []
+            blob = None
+            if checkpoint_now or self._need_checkpoint or \
+                    (recs and not self.journal.fits(recs)):
                 blob = checkpoint.dump(self.state, self._seed)
+        try:
+            # Data before metadata. A PV nobody wrote since its last
+            # sync has nothing to make durable (the flag is read after
+            # the records were captured, see Device.dirty).
             for pv in self._pvs:
-                pv.device.sync()
-            lsn = self.journal.next_lsn
-            if lsn_jump:
-                lsn += self.journal.size // journal_mod.HEADER_SIZE + 1
-            self._write_checkpoint(blob, lsn)
-            self.allocator.release(frees)
+                if pv.device.dirty:
+                    pv.device.sync()
+            if blob is not None:
+                self._write_checkpoint(blob)
+            elif recs:
+                if not self.metadata_allocated:
+                    # Refused before anything is written, if it must be.
+                    self.journal.preallocate(self.journal.commit_size(recs))
+                self.journal.append(recs)
+                self._pvs[0].device.sync()
+        except errors.NoSpace as e:
+            with self._meta_lock:
+                self._records[:0] = recs
+                self._frees[:0] = frees
+            self._health.no_space(e)
+            raise
+        except errors.EngineError as e:
+            self._fail(e)
+            raise
+        self.allocator.release(frees)
 
-    def _write_checkpoint(self, blob: bytes, next_lsn: int) -> None:
+    def _checkpoint_now(self) -> None:
+        with self._commit_lock:
+            self._commit_locked(checkpoint_now=True)
+
+    def _write_checkpoint(self, blob: bytes) -> None:
+        """Write ``blob`` as the checkpoint and point the superblock at it;
+        the journal restarts at its head.
+
+        Fails having changed nothing the group relies on: the old
+        checkpoint stays in use until the new superblock is written.
+        """
+        next_lsn = self.journal.next_lsn
+        if self.journal.torn:
+            # A failed commit may have left records at the head with LSNs
+            # from next_lsn on: start past any the ring can hold.
+            next_lsn += self.journal.size // journal_mod.HEADER_SIZE + 1
         cs = self.cluster_size
         runs = self.allocator.allocate(-(-len(blob) // cs))
-        pos = 0
-        touched = set()
-        for start, count in runs:
-            for pcl in range(start, start + count):
-                dev, off = self.locate(pcl)
-                dev.pwrite(memoryview(blob)[pos:pos + cs], off)
-                touched.add(dev)
-                pos += cs
-        for dev in touched:
-            dev.sync()
         old = self._ckpt
-        self._ckpt = {'runs': runs, 'length': len(blob)}
-        self._write_superblock(replay_pos=self.journal.head_pos,
-                               replay_lsn=next_lsn)
+        try:
+            pos = 0
+            touched = set()
+            for start, count in runs:
+                for pcl in range(start, start + count):
+                    dev, off = self.locate(pcl)
+                    dev.pwrite(memoryview(blob)[pos:pos + cs], off)
+                    touched.add(dev)
+                    pos += cs
+            for dev in touched:
+                dev.sync()
+            self._ckpt = {'runs': runs, 'length': len(blob)}
+            self._write_superblock(replay_pos=self.journal.head_pos,
+                                   replay_lsn=next_lsn)
+        except BaseException:
+            self._ckpt = old
+            self.allocator.release_runs(runs)
+            raise
         self.journal.reset(self.journal.head_pos, next_lsn)
+        self._need_checkpoint = False
         if old is not None:
             self.allocator.release_runs(old['runs'])
 
-    def _write_superblock(self, replay_pos=None, replay_lsn=None) -> None:
+    def _write_superblock(self, replay_pos=None, replay_lsn=None,
+                          pvs=None) -> None:
         if replay_pos is None:
             replay_pos, replay_lsn = (self.journal.start_pos,
                                       self.journal.start_lsn)
-        self._sb_seq += 1
+        seq = self._sb_seq + 1
         body = {
             'name': self.name, 'uuid': self.uuid,
             'cluster_size': self.cluster_size,
-            'pvs': [pv.describe() for pv in self._pvs],
+            'pvs': [pv.describe() for pv in (pvs or self._pvs)],
             'journal': {'offset': self.journal.offset,
                         'size': self.journal.size},
             'checkpoint': self._ckpt,
             'replay': {'pos': replay_pos, 'lsn': replay_lsn},
             'written': time.time(),
         }
-        raw = layout.encode_superblock(self._sb_seq, body)
+        raw = layout.encode_superblock(seq, body)
         dev0 = self._pvs[0].device
-        dev0.pwrite(raw, layout.SUPERBLOCK_SLOTS[self._sb_seq % 2])
+        # The sequence only moves on once the slot is written: a slot left
+        # torn by a refused write is written again next time, never the
+        # other one, which holds the superblock in use.
+        dev0.pwrite(raw, layout.SUPERBLOCK_SLOTS[seq % 2])
+        self._sb_seq = seq
         dev0.sync()
+
+    def _fail(self, exc: errors.EngineError) -> None:
+        """Stop the group: what the disks hold is no longer certain."""
+        self._failed = exc
+        self._health.failed(exc)
+
+    def _watch(self, dev) -> None:
+        dev.on_full = self._health.no_space
+
+    def _preallocate_metadata(self, quiet: bool = False) -> None:
+        """Allocate PV0's metadata area (label, superblock slots, journal
+        ring), best effort: on a filesystem too small for the whole ring,
+        what fits ahead of the journal's head (see _begin_change). Says
+        why it could not in a warning, unless ``quiet``.
+        """
+        dev0 = self._pvs[0].device
+        try:
+            self.metadata_allocated = \
+                dev0.preallocate(0, layout.JOURNAL_OFFSET) and \
+                self.journal.preallocate()
+            if not self.metadata_allocated and not quiet:
+                LOG.warning('volume group %s: the filesystem of %s cannot '
+                            'preallocate; metadata writes may fail for want '
+                            'of space when it is full', self.name,
+                            dev0.path)
+            return
+        except errors.DeviceFull as exc:
+            reason = exc
+        try:
+            self.journal.preallocate(RING_AHEAD)
+        except errors.DeviceFull:
+            pass
+        if quiet:
+            return
+        LOG.warning('volume group %s: no room to preallocate its %d MiB '
+                    'metadata area on %s (%s); it is allocated as it is '
+                    'used', self.name,
+                    (layout.JOURNAL_OFFSET + self.journal.size) >> 20,
+                    dev0.path, reason)
+
+    def _begin_change(self) -> None:
+        """Before a management operation changes anything: make sure the
+        commit it ends with can be written, or refuse it (NoSpace) with
+        nothing changed.
+
+        Writes a checkpoint first if the journal has not room for what is
+        pending and the operation's record with some to spare (records
+        that writes publish meanwhile), and allocates the ring ahead of
+        the head. What is pending stays pending otherwise, and commits
+        with the operation: a refusal changes nothing the caller can see.
+        """
+        self._check_usable(write=True)
+        with self._commit_lock:
+            self._check_usable(write=True)
+            journal = self.journal
+            try:
+                with self._meta_lock:
+                    need = min(_COMMIT_ROOM, journal.size // 8) + \
+                        self._pending_bytes()
+                if self._need_checkpoint or not journal.has_room(need):
+                    # Afterwards the journal is empty, nothing is pending.
+                    self._commit_locked(checkpoint_now=True)
+                    need = min(_COMMIT_ROOM, journal.size // 8)
+                if not self.metadata_allocated:
+                    self._pvs[0].device.preallocate(0, layout.JOURNAL_OFFSET)
+                    journal.preallocate(max(RING_AHEAD, need))
+            except errors.NoSpace as exc:
+                self._health.no_space(exc)
+                raise type(exc)(
+                    'volume group %s has no room to record a change now, so '
+                    'none was made: %s' % (self.name, exc),
+                    **exc.details) from None
+
+    def _pending_bytes(self) -> int:
+        """About the journal bytes the pending records take (metadata
+        lock held).
+        """
+        heads = len(self._records) + \
+            self._map_count // _MAP_RECORD_ENTRIES + 1
+        return sum(len(p) for _t, p in self._records) + \
+            heads * journal_mod.HEADER_SIZE + \
+            self._map_count * records.MAP_ENTRY_SIZE + \
+            len(self._map_batch) * 8 * (heads + 1)
+
+    def condition(self) -> condition_mod.Condition:
+        """ok, no_space or failed, why and since when (condition.py)."""
+        return self._health.get()
+
+    def listen(self, listener) -> None:
+        """Call ``listener(condition)`` on every change of condition."""
+        self._health.listener = listener
+
+    def recover_space(self) -> bool:
+        """Leave no_space if the group can: allocate the metadata area
+        again and commit what is pending. True if the group is ok now.
+
+        The caller (the node's pool health) knows whether the filesystems
+        have room again; this only proves that commits can be written.
+        """
+        self._check_usable()
+        seen = self._health.refusals
+        if self._health.get().state == condition_mod.OK:
+            return True
+        with self._commit_lock:
+            self._check_usable()
+            try:
+                if not self.metadata_allocated and not self.read_only:
+                    self._preallocate_metadata(quiet=True)
+                if not self.read_only:
+                    self._commit_locked()
+            except errors.NoSpace:
+                return False
+        return self._health.space_back(seen)
 
     def flush(self) -> None:
         self.commit()
 
     def close(self) -> None:
-        """Commit, write a checkpoint (so the next open replays nothing)."""
+        """Commit, write a checkpoint (so the next open replays nothing).
+
+        Waits for I/O in flight, and refuses new I/O, first: no thread may
+        use a device after it is closed (its descriptor could by then be
+        another file's).
+        """
         if self._closed:
             return
+        self._closing = True
+        with self._quiesced():
+            if self._closed:
+                return          # another thread closed it meanwhile
+            try:
+                if not self.read_only and self._failed is None:
+                    self._close_checkpoint()
+            finally:
+                self._closed = True
+                for pv in self._pvs:
+                    pv.device.close()
+
+    def _close_checkpoint(self) -> None:
         try:
-            if not self.read_only and self._failed is None:
-                self._checkpoint_now(lsn_jump=False)
-        finally:
-            self._closed = True
-            for pv in self._pvs:
-                pv.device.close()
+            self._commit_locked(checkpoint_now=True)
+            return
+        except errors.NoSpace as exc:
+            if self._need_checkpoint:
+                lost = exc
+            else:
+                # The journal instead: the next open replays it.
+                try:
+                    self._commit_locked()
+                    LOG.warning('volume group %s: closed without a '
+                                'checkpoint (%s); the next open replays '
+                                'its journal', self.name, exc)
+                    return
+                except errors.NoSpace as again:
+                    lost = again
+        with self._meta_lock:
+            count = len(self._records)
+        LOG.error('volume group %s: closed with %d metadata records that '
+                  'could not be written (%s): writes not flushed since the '
+                  'last successful flush are lost', self.name, count, lost)
+        raise lost
+
+    @contextlib.contextmanager
+    def _quiesced(self):
+        """No I/O in flight on any volume, and no commit, inside."""
+        with self._meta_lock:
+            nodes = list(self.state.volumes.values())
+        # The order every operation takes them in: gates, commit, metadata.
+        with _exclusive_all([self.gate(v) for v in nodes]):
+            with self._commit_lock, self._meta_lock:
+                yield
 
     def __enter__(self):
         return self
@@ -476,10 +722,20 @@ class VolumeGroup:
     def __exit__(self, *exc):
         self.close()
 
-    def _check_usable(self, write: bool = False) -> None:
-        if self._closed:
-            raise errors.GroupClosed('volume group %s is closed' % self.name)
-        if self._failed is not None:
+    def _check_usable(self, write: bool = False, memory: bool = False,
+                      io: bool = False) -> None:
+        """Refuse work a closed or failed group cannot do.
+
+        ``memory``: a view of what the group holds in memory (volumes,
+        capacity), which a failed group still gives, closed or not, so
+        that an operator can see what it held. ``io``: data I/O, refused
+        as soon as a close has begun.
+        """
+        if self._closed or (io and self._closing):
+            if not (memory and self._failed is not None):
+                raise errors.GroupClosed('volume group %s is closed'
+                                         % self.name)
+        elif self._failed is not None and not memory:
             raise errors.DeviceError(
                 'volume group %s stopped after an I/O error (%s); reopen it'
                 % (self.name, self._failed))
@@ -579,19 +835,21 @@ class VolumeGroup:
             read_only=vol.read_only, has_parent=vol.parent is not None)
 
     def get(self, ref: str) -> info.VolumeInfo:
+        # Not a memory view: callers look one up to act on it, and on a
+        # failed group they must learn at once that they cannot.
         self._check_usable()
         with self._meta_lock:
             return self._info(self._lookup(ref))
 
     def volumes(self) -> list[info.VolumeInfo]:
-        self._check_usable()
+        self._check_usable(memory=True)
         with self._meta_lock:
             return sorted((self._info(v) for v in self.state.visible()
                            if v.kind == state_mod.VOLUME),
                           key=lambda i: i.name)
 
     def snapshots(self, volume: str | None = None) -> list[info.VolumeInfo]:
-        self._check_usable()
+        self._check_usable(memory=True)
         with self._meta_lock:
             origin = self._lookup(volume, state_mod.VOLUME) \
                 if volume is not None else None
@@ -601,7 +859,7 @@ class VolumeGroup:
                           key=lambda i: i.created_at)
 
     def physical_volumes(self) -> list[info.PhysicalVolumeInfo]:
-        self._check_usable()
+        self._check_usable(memory=True)
         cs = self.cluster_size
         out = []
         for pv in self._pvs:
@@ -624,7 +882,7 @@ class VolumeGroup:
             self._meta_reserve()
 
     def capacity(self) -> info.GroupCapacity:
-        self._check_usable()
+        self._check_usable(memory=True)
         cs = self.cluster_size
         with self._meta_lock:
             st = self.state
@@ -698,7 +956,7 @@ class VolumeGroup:
 
     def set_policy(self, over_subscription_ratio: float | None = None,
                    reserved_percentage: int | None = None) -> None:
-        self._check_usable(write=True)
+        self._begin_change()
         with self._meta_lock:
             pol = dict(self.state.policy)
             if over_subscription_ratio is not None:
@@ -772,7 +1030,7 @@ class VolumeGroup:
     def create_volume(self, name: str, size: int, thin: bool = True,
                       volume_id: str | None = None) -> info.VolumeInfo:
         """Create a thin volume, or a thick one with all its space."""
-        self._check_usable(write=True)
+        self._begin_change()
         size = self._check_size(size)
         with self._meta_lock:
             vid_id = self._check_new(name, volume_id)
@@ -795,7 +1053,7 @@ class VolumeGroup:
               thin: bool = True,
               volume_id: str | None = None) -> info.VolumeInfo:
         """A writable volume that reads ``snapshot`` until written."""
-        self._check_usable(write=True)
+        self._begin_change()
         with self._meta_lock:
             snap = self._lookup(snapshot, state_mod.SNAPSHOT)
             size = snap.size if size is None else self._check_size(size)
@@ -846,7 +1104,7 @@ class VolumeGroup:
         reserves its own; both must fit, or the call is refused with
         ``NoSpace`` and nothing changes.
         """
-        self._check_usable(write=True)
+        self._begin_change()
         if size is not None:
             size = self._check_size(size)
         with self._meta_lock:
@@ -898,7 +1156,7 @@ class VolumeGroup:
         return self.get(clone.id)
 
     def delete_volume(self, ref: str) -> None:
-        self._check_usable(write=True)
+        self._begin_change()
         with self._meta_lock:
             vol = self._lookup(ref, state_mod.VOLUME)
         # A hidden parent (after clone_volume) merges into its other child.
@@ -912,7 +1170,7 @@ class VolumeGroup:
     def create_snapshot(self, volume: str, name: str,
                         snapshot_id: str | None = None) -> info.VolumeInfo:
         """A read-only point-in-time copy of ``volume`` (metadata only)."""
-        self._check_usable(write=True)
+        self._begin_change()
         with self._meta_lock:
             vol = self._lookup(volume, state_mod.VOLUME)
             snap_id = self._check_new(name, snapshot_id)
@@ -961,7 +1219,7 @@ class VolumeGroup:
 
     def delete_snapshot(self, ref: str) -> None:
         """Delete a snapshot; refused while clones still depend on it."""
-        self._check_usable(write=True)
+        self._begin_change()
         with self._meta_lock:
             snap = self._lookup(ref, state_mod.SNAPSHOT)
             self._refuse_if_cloned(snap)
@@ -984,7 +1242,7 @@ class VolumeGroup:
 
     def revert(self, volume: str, snapshot: str) -> info.VolumeInfo:
         """Make ``volume`` what it was at ``snapshot`` (size included)."""
-        self._check_usable(write=True)
+        self._begin_change()
         with self._meta_lock:
             vol = self._lookup(volume, state_mod.VOLUME)
             snap = self._lookup(snapshot, state_mod.SNAPSHOT)
@@ -1013,7 +1271,7 @@ class VolumeGroup:
 
     def extend(self, volume: str, new_size: int) -> info.VolumeInfo:
         """Grow a volume, online: I/O may continue."""
-        self._check_usable(write=True)
+        self._begin_change()
         new_size = self._check_size(new_size)
         with self._meta_lock:
             vol = self._lookup(volume, state_mod.VOLUME)
@@ -1050,7 +1308,7 @@ class VolumeGroup:
         are allocated on first write, as a thick clone's are. Thin gives
         the reservation back.
         """
-        self._check_usable(write=True)
+        self._begin_change()
         if not isinstance(thin, bool):
             raise errors.InvalidArgument('thin must be True or False, not %r'
                                          % (thin,))
@@ -1073,7 +1331,7 @@ class VolumeGroup:
         return self.get(vol.id)
 
     def rename(self, ref: str, new_name: str) -> info.VolumeInfo:
-        self._check_usable(write=True)
+        self._begin_change()
         with self._meta_lock:
             vol = self._lookup(ref)
             names.check_name(new_name)
@@ -1125,6 +1383,9 @@ class VolumeGroup:
             if progress is not None and (lcl % 256 == 255 or
                                          lcl == ncl - 1):
                 progress(lcl + 1, ncl)
+        # What was copied stays (durable at the next commit) if this is
+        # refused; running flatten again finishes.
+        self._begin_change()
         while True:
             # Cutting the link may merge a hidden parent (clone_volume)
             # into its other child: that volume's gate is closed too.
@@ -1171,6 +1432,7 @@ class VolumeGroup:
         with self._commit_lock:
             existed = os.path.exists(path)
             dev = devices.Device.open(path, create_size=size)
+            labelled = listed = False
             try:
                 try:
                     lab = layout.Label.decode(dev.pread(layout.LABEL_SIZE, 0),
@@ -1186,15 +1448,29 @@ class VolumeGroup:
                             path=path)
                 base = sum(p.clusters for p in self._pvs)
                 pv = self._format_pv(dev, len(self._pvs), 0, True, base)
+                labelled = True
+                # The superblock before the group's memory: refused for
+                # want of space, it leaves the group as it was.
+                try:
+                    self._write_superblock(pvs=self._pvs + [pv])
+                except errors.NoSpace:
+                    raise
+                except errors.EngineError as exc:
+                    # The superblock in use may list the new PV now.
+                    listed = True
+                    self._fail(exc)
+                    raise
             except BaseException:
+                if labelled and not listed and existed:
+                    _wipe_label(dev)
                 dev.close()
-                if not existed:
+                if not existed and not listed:
                     os.unlink(path)
                 raise
+            self._watch(dev)
             with self._meta_lock:
                 self._pvs.append(pv)
                 self.allocator.grow(pv.clusters)
-            self._write_superblock()
 
     # -- data path and checks -------------------------------------------------
 

@@ -20,6 +20,16 @@ new ones either.
 
 A commit that does not fit before the end of the ring starts with a WRAP
 record at the current position and continues at the start of the ring.
+
+A commit whose write fails (no space under a sparse PV0) leaves the head
+where it was, and may have left a prefix of its records there. That is
+harmless as long as whatever is written next at the head either is a
+superset of the failed commit (the group keeps the failed records pending
+and writes them first: same positions, same LSNs, same bytes) or starts at
+an LSN past any the failed commit used: the journal is then *torn*, and the
+next checkpoint jumps the LSN (see VolumeGroup._write_checkpoint).
+:meth:`Journal.preallocate` allocates ring blocks ahead of the head so that
+appends do not run out of space in the first place.
 """
 
 import struct
@@ -68,6 +78,10 @@ class Journal:
         self.next_lsn = 1
         # Bytes of ring in use since start_pos, wrap waste included.
         self.used = 0
+        # A commit failed after it may have written records at the head.
+        self.torn = False
+        # The whole ring is known to be allocated (see preallocate).
+        self.allocated = False
 
     # -- replay ---------------------------------------------------------------
 
@@ -128,6 +142,25 @@ class Journal:
         self.start_pos = self.head_pos = start_pos
         self.start_lsn = self.next_lsn = start_lsn
         self.used = 0
+        self.torn = False
+
+    def preallocate(self, ahead: int | None = None) -> bool:
+        """Allocate ring blocks so appends cannot run out of space: the
+        whole ring, or only ``ahead`` bytes from the head (wrapping).
+
+        True if that is done (or the ring is allocated already), False if
+        the device cannot preallocate; DeviceFull if there is no room.
+        """
+        if self.allocated:
+            return True
+        if ahead is None or ahead >= self.size:
+            self.allocated = self.device.preallocate(self.offset, self.size)
+            return self.allocated
+        first = min(ahead, self.size - self.head_pos)
+        done = self.device.preallocate(self.offset + self.head_pos, first)
+        if done and ahead > first:
+            done = self.device.preallocate(self.offset, ahead - first)
+        return done
 
     def commit_size(self, records) -> int:
         """Ring bytes appending ``records`` now takes, wrap included.
@@ -144,9 +177,17 @@ class Journal:
         record replay still needs (one block is kept free, so the head
         never catches up with the start).
         """
-        body = _align(sum(HEADER_SIZE + len(p) for _t, p in records))
+        return self.has_room(sum(HEADER_SIZE + len(p) for _t, p in records))
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether a commit of ``nbytes`` of records (headers included)
+        can be appended now (see :meth:`fits`).
+        """
+        body = _align(nbytes)
+        room = self.size - self.head_pos
+        need = body if body <= room else room + body
         return body <= self.size // 2 and \
-            self.used + self.commit_size(records) <= self.size - BLOCK
+            self.used + need <= self.size - BLOCK
 
     def append(self, records) -> None:
         """Write one commit (the caller syncs the device afterwards)."""
@@ -161,6 +202,8 @@ class Journal:
         body += bytes(_align(len(body)) - len(body))
         pos = self.head_pos
         waste = 0
+        # Until the write is done: a failure may leave a prefix behind.
+        self.torn = True
         if len(body) > self.size - pos:
             # Does not fit before the end: a WRAP record, then from 0.
             wrap = encode_record(self.seed, R_WRAP, self.next_lsn, b'')
@@ -177,6 +220,7 @@ class Journal:
             body = b''.join(chunks)
             body += bytes(_align(len(body)) - len(body))
         self.device.pwrite(body, self.offset + pos)
+        self.torn = False
         self.next_lsn = lsn
         self.head_pos = (pos + len(body)) % self.size
         self.used += waste + len(body)

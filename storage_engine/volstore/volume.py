@@ -7,6 +7,10 @@ cluster allocates one, fills it (zeros, or a copy of the parent's cluster
 for copy-on-write), writes the data and only then publishes the mapping,
 so a reader never sees a cluster before its content is there.
 
+A write the filesystem under a PV refuses for want of space raises
+DeviceFull (ENOSPC to NBD clients): a first write gives its new cluster
+back, and reads, and writes into clusters already allocated, go on.
+
 All offsets and lengths are multiples of 512 bytes.
 """
 
@@ -64,7 +68,7 @@ class VolumeHandle:
         vol = self._vol
         if vol.deleted or vol.hidden:
             raise errors.VolumeNotFound('%s was deleted' % vol.name)
-        self._group._check_usable()
+        self._group._check_usable(io=True)
         if write and self.read_only:
             raise errors.ReadOnly('%s %s is read-only' % (vol.kind, vol.name))
         if offset % SECTOR or length % SECTOR or offset < 0 or length < 0:
