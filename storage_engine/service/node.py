@@ -502,10 +502,13 @@ class Node:
             if not self.health.stopped(name):
                 self.health.recheck(name)
                 return self.pool(name)
-            # The exports served from it (their records stay).
-            exports = {ident: rec for ident, (rec, _handle)
-                       in list(self._handles.items())
-                       if self._mine_one(rec['volume_id']) == name}
+            # Its exports, by their records (those a reopen that failed
+            # before withdrew too): withdrawn, then served from the new
+            # group.
+            exports = {ident: rec for ident, (rec, _rev)
+                       in self._mine('exports').items()
+                       if rec.get('state') != DELETING and
+                       self._mine_one(rec['volume_id']) == name}
             for ident in exports:
                 self._withdraw(ident)
             self.pools[name] = self.health.reopen(name, vg)

@@ -39,6 +39,7 @@ What reconciling does, by what the store and the groups hold:
   dropped.
 """
 
+import contextlib
 import threading
 import time
 
@@ -60,7 +61,7 @@ class WatchedStore:
     calling it may have been interrupted half way).
     """
 
-    _FAILURES = (metastore.StoreUnavailable, metastore.StoreError)
+    FAILURES = (metastore.StoreUnavailable, metastore.StoreError)
 
     def __init__(self, store, on_failure):
         self._store = store
@@ -74,7 +75,7 @@ class WatchedStore:
         def call(*args, **kwargs):
             try:
                 return attr(*args, **kwargs)
-            except self._FAILURES:
+            except self.FAILURES:
                 self._on_failure()
                 raise
         return call
@@ -305,7 +306,7 @@ class Reconciler:
             if self._settled(records.get(ident, (None, 0))[0],
                              present.get(ident)):
                 continue
-            with node._lock(ident):
+            with node._lock(ident), self._one('object %s' % ident):
                 self.object(ident)
         records = node._mine('volumes')
         for name, (claim, _rev) in node._mine('names').items():
@@ -320,13 +321,26 @@ class Reconciler:
             if rec is not None and ident in node._handles and \
                     rec.get('state') != node.DELETING:
                 continue
-            with node._lock(ident):
+            with node._lock(ident), self._one('export %s' % ident):
                 self.export(ident)
         for exporter in node.exporters.values():
             self._addresses(exporter)
         self._jobs()
         self.passes += 1
         self.last_pass_at = time.time()
+
+    @contextlib.contextmanager
+    def _one(self, what: str):
+        """One object's reconciliation: a failure of the store ends the
+        pass (it is tried again when the store answers); any other (a pool
+        stopped by an I/O error, say) is logged and the pass goes on.
+        """
+        try:
+            yield
+        except WatchedStore.FAILURES:
+            raise
+        except errors.EngineError as exc:
+            LOG.warning('%s is left as it is for now: %s', what, exc)
 
     def status(self) -> dict:
         """For the node's view: ``pending`` while an interruption waits to
@@ -378,8 +392,10 @@ class Reconciler:
                              time.monotonic() - begin)
                 backoff = MIN_BACKOFF
             except errors.EngineError as exc:
-                LOG.warning('metadata store still failing (%s); trying '
-                            'again in %.1f s', exc, backoff)
+                LOG.warning('%s (%s); trying again in %.1f s',
+                            'metadata store still failing'
+                            if isinstance(exc, WatchedStore.FAILURES)
+                            else 'reconciliation pass failed', exc, backoff)
                 self._dirty.set()
                 if self._stop.wait(backoff):
                     return

@@ -91,6 +91,7 @@ import pytest
 from storage_engine import errors
 from storage_engine.nbd import client as nbd_client
 from storage_engine import units
+from tests.fixtures import cinder as cinder_mod
 from tests.fixtures import waiting
 
 TIMEOUT = 180.0
@@ -134,16 +135,6 @@ def _delete(client, ident, cinder, manager='volumes'):
 def _create(client, cinder, size=1, **kwargs):
     vol = client.volumes.create(size, **kwargs)
     return _settled(client, vol.id, cinder)
-
-
-def _volume_type(client, name, specs):
-    """The type ``name``, made with ``specs`` the first time."""
-    for vtype in client.volume_types.list():
-        if vtype.name == name:
-            return vtype
-    vtype = client.volume_types.create(name)
-    vtype.set_keys(specs)
-    return vtype
 
 
 def _nbd(data):
@@ -402,7 +393,7 @@ def test_attachment_reserve_update_complete_and_delete(cinder, cinder_client,
 def test_retype_thick_to_thin_in_place(cinder, cinder_client, engine):
     client = cinder_client
     for kind in ('thin', 'thick'):
-        _volume_type(client, 'engine-%s' % kind, {
+        cinder_mod.volume_type(client, 'engine-%s' % kind, {
             'volume_backend_name': cinder.backend,
             'provisioning:type': kind})
     vol = _create(client, cinder, volume_type='engine-thick',

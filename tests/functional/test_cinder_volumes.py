@@ -14,6 +14,7 @@ import pytest
 
 from storage_engine import errors
 from storage_engine import units
+from tests.fixtures import cinder as cinder_mod
 from tests.fixtures import host
 from tests.fixtures import waiting
 
@@ -81,21 +82,9 @@ def compute(brick, tmp_path):
         cleaner.clean()
 
 
-def _volume_type(client, name, specs):
-    """The type ``name``, made with ``specs`` the first time (the keys of
-    a type in use cannot change).
-    """
-    for vtype in client.volume_types.list():
-        if vtype.name == name:
-            return vtype
-    vtype = client.volume_types.create(name)
-    vtype.set_keys(specs)
-    return vtype
-
-
 @pytest.fixture
 def types(cinder, cinder_client):
-    return {p: _volume_type(cinder_client, 'engine-%s' % p, {
+    return {p: cinder_mod.volume_type(cinder_client, 'engine-%s' % p, {
         'volume_backend_name': cinder.backend, 'provisioning:type': p})
         for p in ('thin', 'thick')}
 
@@ -270,8 +259,9 @@ def test_multiattach_volume_attaches_twice(cinder, cinder_client, compute,
                                            types):
     client = cinder_client
     name = 'engine-multiattach'
-    _volume_type(client, name, {'volume_backend_name': cinder.backend,
-                                'multiattach': '<is> True'})
+    cinder_mod.volume_type(client, name,
+                           {'volume_backend_name': cinder.backend,
+                            'multiattach': '<is> True'})
     vol = _create(client, cinder, volume_type=name)
     assert vol.multiattach
     with Attachment(client, compute, vol.id) as one:
@@ -327,8 +317,9 @@ def test_storage_node_down_fails_create_with_the_reason(
 
 def test_bad_extra_spec_fails_create_with_the_reason(cinder, cinder_client):
     name = 'engine-bad'
-    _volume_type(cinder_client, name, {'volume_backend_name': cinder.backend,
-                                       'provisioning:type': 'fat'})
+    cinder_mod.volume_type(cinder_client, name,
+                           {'volume_backend_name': cinder.backend,
+                            'provisioning:type': 'fat'})
     vol = cinder_client.volumes.create(1, volume_type=name)
     _settled(cinder_client, vol, wanted='error', cinder=cinder)
     node = cinder.node.client()

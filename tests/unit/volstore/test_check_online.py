@@ -245,8 +245,7 @@ def test_a_checkpoint_written_while_the_check_reads_the_disk(vg,
 
     def load(*args, **kwargs):
         if threading.current_thread() is checker and not moved:
-            t = threading.Thread(target=vg._checkpoint_now,
-                                 args=(False,))
+            t = threading.Thread(target=vg._checkpoint_now)
             t.start()
             t.join(STUCK)
             moved.append(not t.is_alive())
