@@ -104,14 +104,8 @@ class ManageMixin:
                 reason = 'already managed'
             elif vol['id'] in exported:
                 reason = 'exported'
-            entries.append({
-                'reference': {'source-name': vol['name']},
-                'size': gib(vol['size']),
-                'safe_to_manage': reason is None,
-                'reason_not_safe': reason,
-                'cinder_id': known.get(vol['id']),
-                'extra_info': {'id': vol['id'],
-                               'provisioning': vol['provisioning']}})
+            entries.append(_manageable(vol, reason, known, {
+                'provisioning': vol['provisioning']}))
         return volume_utils.paginate_entries_list(
             entries, marker, limit, offset, sort_keys, sort_dirs)
 
@@ -190,16 +184,25 @@ class ManageMixin:
                 reason = 'its volume is gone'
             elif snap['id'] in exported:
                 reason = 'exported'
-            entries.append({
-                'reference': {'source-name': snap['name']},
-                'size': gib(snap['size']),
-                'safe_to_manage': reason is None,
-                'reason_not_safe': reason,
-                'cinder_id': known.get(snap['id']),
-                'extra_info': {'id': snap['id'],
-                               'created_at': snap['created_at']},
-                'source_reference': {
+            entries.append(_manageable(
+                snap, reason, known, {'created_at': snap['created_at']},
+                source_reference={
                     'source-name': names.get(snap['volume_id']),
-                    'source-id': snap['volume_id']}})
+                    'source-id': snap['volume_id']}))
         return volume_utils.paginate_entries_list(
             entries, marker, limit, offset, sort_keys, sort_dirs)
+
+
+def _manageable(obj: dict, reason: str | None, known: dict, extra: dict,
+                **more) -> dict:
+    """One entry of a manageable list, in the form Cinder's objects take
+    (``extra_info`` a dict): ``obj`` an engine volume or snapshot,
+    ``reason`` why it is not safe to manage (None: it is), ``known``
+    engine id -> Cinder id.
+    """
+    return dict({'reference': {'source-name': obj['name']},
+                 'size': gib(obj['size']),
+                 'safe_to_manage': reason is None,
+                 'reason_not_safe': reason,
+                 'cinder_id': known.get(obj['id']),
+                 'extra_info': dict(extra, id=obj['id'])}, **more)
