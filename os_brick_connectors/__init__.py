@@ -8,8 +8,10 @@ that contribute host properties (AoE: ``aoe_macs``) to the list
 ``get_connector_properties`` asks. Every process that attaches our volumes
 must call it once at start, before it asks os-brick for a connector or for
 the host's properties: cinder-volume does so from our drivers'
-``do_setup``, nova-compute would do so at start. Calling it again, from
-anywhere, changes nothing.
+``do_setup``; services that load no code of ours (cinder-backup,
+nova-compute) run through ``storage-engine-with-connectors``
+(os_brick_connectors/run.py), which calls it before the service's own
+entry point. Calling it again, from anywhere, changes nothing.
 """
 
 import threading

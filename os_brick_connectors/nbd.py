@@ -5,9 +5,10 @@ Getting the connector
 ---------------------
 os-brick builds connectors from hard-coded tables, so a process must call
 ``os_brick_connectors.register()`` once at start, before it attaches:
-cinder-volume from our Cinder drivers' ``do_setup``, nova-compute at start
-(Nova also maps ``driver_volume_type`` to its own volume drivers through a
-table of its own, which has no NBD entry). Calling it again is harmless.
+cinder-volume from our Cinder drivers' ``do_setup``, cinder-backup and
+nova-compute through ``storage-engine-with-connectors`` (Nova also maps
+``driver_volume_type`` to its own volume drivers through a table of its
+own, which has no NBD entry). Calling it again is harmless.
 Then::
 
     connector.InitiatorConnector.factory('NBD', root_helper, ...)

@@ -92,72 +92,16 @@ from storage_engine import errors
 from storage_engine.nbd import client as nbd_client
 from storage_engine import units
 from tests.fixtures import cinder as cinder_mod
-from tests.fixtures import waiting
+from tests.functional import cindertools
 
-TIMEOUT = 180.0
 GiB = units.Gi
 MiB = units.Mi
 HERE = os.path.dirname(os.path.abspath(__file__))
-# What a compute host sends for an NBD attach: the driver exports to 'ip'.
-CONNECTOR = {'ip': '127.0.0.1', 'host': 'api-coverage', 'initiator': None,
-             'multipath': False, 'platform': 'x86_64', 'os_type': 'linux'}
-MOVING = ('creating', 'deleting', 'extending', 'retyping', 'attaching',
-          'detaching', 'reserved', 'managing', 'unmanaging', 'reverting',
-          'downloading', 'uploading', 'maintenance')
+CONNECTOR = dict(cindertools.CONNECTOR, host='api-coverage')
 
 
-def _wait(what, check, cinder):
-    return waiting.wait_for(what, check, TIMEOUT, logs=cinder.log_tails)
-
-
-def _status(client, ident, manager='volumes'):
-    return waiting.cinder_status(client, ident, manager)
-
-
-def _settled(client, ident, cinder, wanted='available', manager='volumes'):
-    """Wait until the volume or snapshot ``ident`` leaves its transitional
-    states; it must be ``wanted`` then. Returns it (None once deleted).
-    """
-    final = _wait('%s %s settles' % (manager, ident),
-                  lambda: _status(client, ident, manager) not in MOVING and
-                  _status(client, ident, manager), cinder)
-    assert final == wanted, '%s %s is %s, not %s' % (manager, ident, final,
-                                                     wanted)
-    return getattr(client, manager).get(ident) if final != 'deleted' \
-        else None
-
-
-def _delete(client, ident, cinder, manager='volumes'):
-    getattr(client, manager).delete(ident)
-    _settled(client, ident, cinder, 'deleted', manager)
-
-
-def _create(client, cinder, size=1, **kwargs):
-    vol = client.volumes.create(size, **kwargs)
-    return _settled(client, vol.id, cinder)
-
-
-def _nbd(data):
-    """Our NBD client on the export an attachment's connection names."""
-    return nbd_client.NBDClient.connect(data['export_name'],
-                                        host=data['host'], port=data['port'])
-
-
-@contextlib.contextmanager
 def _attached(client, cinder, volume_id):
-    """A volume attached (no server id) and connected: yields our NBD
-    client on its export; detached afterwards.
-    """
-    att = client.attachments.create(volume_id, CONNECTOR, mode='rw')
-    info = att['connection_info']
-    assert info['driver_volume_type'] == 'nbd', info
-    client.attachments.complete(att['id'])
-    try:
-        with _nbd(info) as dev:
-            yield dev
-    finally:
-        client.attachments.delete(att['id'])
-        _settled(client, volume_id, cinder)
+    return cindertools.attached(client, cinder, volume_id, CONNECTOR)
 
 
 def _by_name(entries):
@@ -192,11 +136,11 @@ def test_manageable_volumes_manage_and_unmanage(cinder, cinder_client,
                                   pool=cinder.engine_pool,
                                   provisioning='thin')
     exp = engine.create_export(legacy['id'], ['127.0.0.1'])
-    with _nbd(exp['connection']) as dev:
+    with cindertools.nbd(exp['connection']) as dev:
         dev.pwrite(payload, 0)
         dev.flush()
     engine.delete_export(exp['id'])
-    ours = _create(client, cinder, name='already-ours')
+    ours = cindertools.create(client, cinder, name='already-ours')
     managed = refused = None
     try:
         # cinder manageable-list HOST, and --detailed (HTTP 500 before).
@@ -223,7 +167,7 @@ def test_manageable_volumes_manage_and_unmanage(cinder, cinder_client,
         # rounded up to whole GiB.
         managed = client.volumes.manage(host, {'source-name': name},
                                         name='managed')
-        managed = _settled(client, managed.id, cinder)
+        managed = cindertools.settled(client, managed.id, cinder)
         assert (managed.size, managed.name) == (2, 'managed')
         held = engine.volume(legacy['id'])
         assert (held['name'], held['size']) == ('volume-%s' % managed.id,
@@ -238,14 +182,14 @@ def test_manageable_volumes_manage_and_unmanage(cinder, cinder_client,
 
         # A reference that names nothing: the volume shows the error.
         refused = client.volumes.manage(host, {'source-name': 'no-such'})
-        _settled(client, refused.id, cinder, 'error')
+        cindertools.settled(client, refused.id, cinder, 'error')
         assert 'no volume of that name in pool %s' % cinder.engine_pool \
             in cinder.log_tail('cinder-volume', 400)
 
         # cinder unmanage: gone from Cinder, kept in the engine with its
         # data, and manageable again.
         client.volumes.unmanage(managed)
-        _settled(client, managed.id, cinder, 'deleted')
+        cindertools.settled(client, managed.id, cinder, 'deleted')
         managed = None
         assert engine.volume(legacy['id'])['size'] == 2 * GiB
         entry = _by_name(client.volumes.list_manageable(host))[held['name']]
@@ -253,7 +197,7 @@ def test_manageable_volumes_manage_and_unmanage(cinder, cinder_client,
     finally:
         for vol in (managed, refused, ours):
             if vol is not None:
-                _delete(client, vol.id, cinder)
+                cindertools.delete(client, vol.id, cinder)
         with contextlib.suppress(errors.NotFound):
             engine.delete_volume(legacy['id'])
 
@@ -264,8 +208,8 @@ def test_manageable_snapshots_manage_and_unmanage(cinder, cinder_client,
     host = '%s#%s' % (cinder.volume_host, cinder.engine_pool)
     name = 'legacy-snap-%s' % uuid.uuid4().hex[:8]
     first, second = os.urandom(MiB), os.urandom(MiB)
-    vol = _create(client, cinder, name='snapshot-origin')
-    other = _create(client, cinder, name='another-volume')
+    vol = cindertools.create(client, cinder, name='snapshot-origin')
+    other = cindertools.create(client, cinder, name='another-volume')
     legacy = ours = managed = refused = clone = None
     try:
         with _attached(client, cinder, vol.id) as dev:
@@ -276,8 +220,8 @@ def test_manageable_snapshots_manage_and_unmanage(cinder, cinder_client,
             dev.pwrite(second, 0)
             dev.flush()
         ours = client.volume_snapshots.create(vol.id, name='already-ours')
-        ours = _settled(client, ours.id, cinder,
-                        manager='volume_snapshots')
+        ours = cindertools.settled(client, ours.id, cinder,
+                                   manager='volume_snapshots')
 
         # cinder snapshot-manageable-list HOST, and --detailed.
         summary = _by_name(client.volume_snapshots.list_manageable(
@@ -300,8 +244,8 @@ def test_manageable_snapshots_manage_and_unmanage(cinder, cinder_client,
         # As a snapshot of a volume it was not taken of: refused.
         refused = client.volume_snapshots.manage(other.id,
                                                  {'source-name': name})
-        _settled(client, refused.id, cinder, 'error',
-                 manager='volume_snapshots')
+        cindertools.settled(client, refused.id, cinder, 'error',
+                            manager='volume_snapshots')
         assert 'it is a snapshot of engine volume %s, not of volume %s' % (
             vol.id, other.id) in cinder.log_tail('cinder-volume', 400)
 
@@ -309,8 +253,8 @@ def test_manageable_snapshots_manage_and_unmanage(cinder, cinder_client,
         managed = client.volume_snapshots.manage(vol.id,
                                                  {'source-name': name},
                                                  name='managed-snap')
-        managed = _settled(client, managed.id, cinder,
-                           manager='volume_snapshots')
+        managed = cindertools.settled(client, managed.id, cinder,
+                                      manager='volume_snapshots')
         assert (managed.size, managed.name, managed.volume_id) == \
             (1, 'managed-snap', vol.id)
         entry = _by_name(client.volume_snapshots.list_manageable(host))[name]
@@ -318,44 +262,44 @@ def test_manageable_snapshots_manage_and_unmanage(cinder, cinder_client,
             (False, managed.id)
         # It serves as one of Cinder's: a volume made from it holds what
         # the volume held when the node took it.
-        clone = _create(client, cinder, snapshot_id=managed.id,
-                        name='from-managed')
+        clone = cindertools.create(client, cinder, snapshot_id=managed.id,
+                                   name='from-managed')
         with _attached(client, cinder, clone.id) as dev:
             assert dev.pread(len(first), 0) == first
 
         # cinder snapshot-unmanage: gone from Cinder, kept in the engine,
         # manageable again.
         client.volume_snapshots.unmanage(managed)
-        _settled(client, managed.id, cinder, 'deleted',
-                 manager='volume_snapshots')
+        cindertools.settled(client, managed.id, cinder, 'deleted',
+                            manager='volume_snapshots')
         managed = None
         assert engine.snapshot(legacy['id'])['volume_id'] == vol.id
         entry = _by_name(client.volume_snapshots.list_manageable(host))[name]
         assert (entry['safe_to_manage'], entry['cinder_id']) == (True, None)
     finally:
         if clone is not None:
-            _delete(client, clone.id, cinder)
+            cindertools.delete(client, clone.id, cinder)
         for snap in (managed, refused, ours):
             if snap is not None:
-                _delete(client, snap.id, cinder, 'volume_snapshots')
+                cindertools.delete(client, snap.id, cinder, 'volume_snapshots')
         if legacy is not None:
             with contextlib.suppress(errors.NotFound):
                 engine.delete_snapshot(legacy['id'])
         for v in (vol, other):
-            _delete(client, v.id, cinder)
+            cindertools.delete(client, v.id, cinder)
 
 
 def test_attachment_reserve_update_complete_and_delete(cinder, cinder_client,
                                                        engine):
     client = cinder_client
     payload = os.urandom(MiB)
-    vol = _create(client, cinder, name='attach-steps')
+    vol = cindertools.create(client, cinder, name='attach-steps')
     try:
         # Reserved first, without a connector (as Nova does before it
         # knows the host): no connection yet, nothing exported.
         att = client.attachments.create(vol.id, None)
         assert att['connection_info'] == {}
-        assert _status(client, vol.id) == 'reserved'
+        assert cindertools.status(client, vol.id) == 'reserved'
         assert engine.exports(volume_id=vol.id) == []
 
         # The connector comes with the update: an export to that host.
@@ -365,7 +309,7 @@ def test_attachment_reserve_update_complete_and_delete(cinder, cinder_client,
             ('nbd', 'rw')
         exp, = engine.exports(volume_id=vol.id)
         assert exp['hosts'] == ['127.0.0.1']
-        with _nbd(info) as dev:
+        with cindertools.nbd(info) as dev:
             dev.pwrite(payload, 4 * MiB)
             dev.flush()
         client.attachments.complete(att.id)
@@ -376,18 +320,18 @@ def test_attachment_reserve_update_complete_and_delete(cinder, cinder_client,
         # cinder-volume restarts with the volume in use (ensure_export):
         # the host's connection goes on working.
         cinder.restart_volume_service()
-        assert _status(client, vol.id) == 'in-use'
-        with _nbd(info) as dev:
+        assert cindertools.status(client, vol.id) == 'in-use'
+        with cindertools.nbd(info) as dev:
             assert dev.pread(len(payload), 4 * MiB) == payload
 
         # Detach: the export goes, the volume is available again.
         client.attachments.delete(att.id)
-        _settled(client, vol.id, cinder)
+        cindertools.settled(client, vol.id, cinder)
         assert engine.exports(volume_id=vol.id) == []
         with pytest.raises(nbd_client.NBDError):
-            _nbd(info).close()
+            cindertools.nbd(info).close()
     finally:
-        _delete(client, vol.id, cinder)
+        cindertools.delete(client, vol.id, cinder)
 
 
 def test_retype_thick_to_thin_in_place(cinder, cinder_client, engine):
@@ -396,17 +340,17 @@ def test_retype_thick_to_thin_in_place(cinder, cinder_client, engine):
         cinder_mod.volume_type(client, 'engine-%s' % kind, {
             'volume_backend_name': cinder.backend,
             'provisioning:type': kind})
-    vol = _create(client, cinder, volume_type='engine-thick',
-                  name='thick-to-thin')
+    vol = cindertools.create(client, cinder, volume_type='engine-thick',
+                             name='thick-to-thin')
     try:
         assert engine.volume(vol.id)['provisioning'] == 'thick'
         client.volumes.retype(vol.id, 'engine-thin', 'never')
-        vol = _settled(client, vol.id, cinder)
+        vol = cindertools.settled(client, vol.id, cinder)
         assert vol.volume_type == 'engine-thin'
         # In place: the same engine volume, not a migrated copy.
         assert engine.volume(vol.id)['provisioning'] == 'thin'
     finally:
-        _delete(client, vol.id, cinder)
+        cindertools.delete(client, vol.id, cinder)
 
 
 def test_pools_carry_what_volume_types_match(cinder, cinder_client):
