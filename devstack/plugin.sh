@@ -3,28 +3,32 @@
 # plugin.sh - the storage-engine devstack plugin: a storage node on this host
 # and its Cinder backends
 #
-# devstack sources this file at each of its phases:
+# devstack sources this file at each of its phases (stack.sh's order):
 #
 # - stack pre-install: nothing (but see the functions below)
-# - stack install: install_storage_engine (the node's packages and this
-#   checkout, into devstack's Python environment)
 # - Cinder's configuration (devstack's configure_cinder, before the install
 #   phase): configure_cinder_backend_storage_engine_lvm (or _aoe) for each
 #   storage_engine_lvm:NAME (storage_engine_aoe:NAME) of
 #   CINDER_ENABLED_BACKENDS (override-defaults puts ours there); devstack
 #   then creates a volume type NAME for each
-# - stack post-config: configure_storage_engine and start_storage_engine,
-#   so that the node is up before cinder-volume starts: cinder-volume's
-#   driver checks the node when it starts, and Cinder retries that for
-#   seconds only
-# - stack extra: start_storage_engine again (it restarts the node if
-#   local.conf's post-config sections changed its configuration)
+# - stack install: install_storage_engine (the node's packages and this
+#   checkout, into devstack's Python environment)
+# - stack post-config: configure_storage_engine (the node's configuration)
+#   and start_storage_engine: the
+#   node runs as the devstack service storage-engine (systemd unit
+#   devstack@storage-engine.service) and answers before devstack starts
+#   cinder-volume. Then devstack merges local.conf's post-config sections
+#   and starts Cinder.
+# - stack extra: restart_storage_engine (restarts the node if those
+#   post-config sections changed its configuration, and points Cinder's
+#   backends at the node's API as it is now, restarting cinder-volume if
+#   that moved)
 # - unstack: stop_storage_engine
 # - clean: cleanup_storage_engine (unstack.sh has stopped the node)
 #
-# The configuration and the start and stop of the node are
+# The node's configuration and Cinder's backend sections are written by
 # lib/storage-engine's functions, the ones the all-in-one bring-up and the
-# functional tests run; settings sources it.
+# functional tests use; settings sources it.
 
 STORAGE_ENGINE_PLUGIN_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if ! declare -F configure_storage_engine_backend >/dev/null; then
@@ -32,8 +36,11 @@ if ! declare -F configure_storage_engine_backend >/dev/null; then
     source "$STORAGE_ENGINE_PLUGIN_DIR/lib/storage-engine"
 fi
 
+# The node's systemd unit, as devstack's run_process names it.
+STORAGE_ENGINE_UNIT=devstack@storage-engine.service
+
 # A copy of the node's configuration as it was when the node started: see
-# start_storage_engine.
+# restart_storage_engine.
 STORAGE_ENGINE_STARTED_CONF=$STORAGE_ENGINE_STATE_PATH/storage-engine.conf.started
 
 
@@ -58,6 +65,16 @@ function configure_cinder_backend_storage_engine_aoe {
     configure_storage_engine_backend "$CINDER_CONF" "$be_name" aoe
 }
 
+# The NAMEs of our backends in CINDER_ENABLED_BACKENDS, one a line.
+function _storage_engine_backend_names {
+    local be
+    for be in ${CINDER_ENABLED_BACKENDS//,/ }; do
+        case ${be%%:*} in
+            storage_engine_lvm|storage_engine_aoe) echo "${be##*:}" ;;
+        esac
+    done
+}
+
 # Install the packages the node's hosts need and this checkout (the engine,
 # the Cinder drivers and the os-brick connectors: cinder-volume imports
 # them from devstack's Python environment).
@@ -71,42 +88,138 @@ function install_storage_engine {
     setup_develop "$STORAGE_ENGINE_DIR"
 }
 
+# Tell the operator what nova-compute cannot do with our volumes yet.
+function _storage_engine_warn_about_nova {
+    if ! is_service_enabled n-cpu; then
+        return 0
+    fi
+    local default=${CINDER_ENABLED_BACKENDS%%,*}
+    case ${default%%:*} in
+        storage_engine_lvm|storage_engine_aoe)
+            # override-defaults made ours the only backend, or the
+            # operator put it first: it is Cinder's default volume type.
+            warn $LINENO "storage-engine: ${default##*:} is Cinder's default volume type, and nova-compute cannot attach its volumes (Nova has no volume driver for driver_volume_type nbd or aoe yet): attaching volumes and booting from them fail. To keep devstack's LVM backend as the default type, set CINDER_ENABLED_BACKENDS=lvm:lvmdriver-1 in localrc (ours are added after it); see doc/source/devstack.rst"
+            ;;
+        *)
+            warn $LINENO "storage-engine: nova-compute cannot attach our volumes (driver_volume_type nbd or aoe): Nova has no volume driver for them yet; see doc/source/connectors.rst"
+            ;;
+    esac
+}
+
 # Write the storage node's configuration.
 function configure_storage_engine {
     sudo install -d -o "$STACK_USER" -m 755 "$STORAGE_ENGINE_CONF_DIR"
     write_storage_engine_node_conf "$STORAGE_ENGINE_CONF"
-    if is_service_enabled n-cpu; then
-        # os_brick_connectors.register() would have to run in nova-compute,
-        # and even then Nova has no volume driver for driver_volume_type
-        # nbd that would ask os-brick for our connector.
-        warn $LINENO "storage-engine: nova-compute cannot attach our volumes (driver_volume_type nbd): Nova has no volume driver for it; see doc/source/connectors.rst"
-    fi
+    _storage_engine_warn_about_nova
 }
 
-# Start the storage node, or restart it if it runs with another
-# configuration than the one it has now: local.conf's
-# [[post-config|$STORAGE_ENGINE_CONF]] sections are merged after the
-# post-config phase, where the node starts, and take effect when the extra
-# phase calls this again. A restart is harmless to Cinder: the engine's
-# clients retry while the node is away, and exports survive it.
-function start_storage_engine {
-    if [[ -e $STORAGE_ENGINE_STARTED_CONF ]] \
-            && ! cmp -s "$STORAGE_ENGINE_CONF" "$STORAGE_ENGINE_STARTED_CONF"; then
-        echo "storage-engine: $STORAGE_ENGINE_CONF changed; restarting the node"
-        stop_storage_engine_node
+# Wait until the node's unit answers on its API (STORAGE_ENGINE_API_URL,
+# with the token of STORAGE_ENGINE_CONF); die if it does not.
+function _storage_engine_wait_for_unit {
+    local pid token
+    token=$(iniget "$STORAGE_ENGINE_CONF" api auth_token)
+    pid=$($SYSTEMCTL show --property=MainPID --value "$STORAGE_ENGINE_UNIT")
+    if ! wait_storage_engine_ready "${pid:-0}" "$token"; then
+        die $LINENO "storage-engine: the storage node did not start; see journalctl -u $STORAGE_ENGINE_UNIT"
     fi
-    start_storage_engine_node "$STORAGE_ENGINE_CONF" \
-        || die $LINENO "storage-engine: the storage node did not start; see $STORAGE_ENGINE_LOG_FILE"
+    echo "storage-engine: ready at $STORAGE_ENGINE_API_URL ($STORAGE_ENGINE_UNIT, PID $pid)"
+}
+
+# Start the storage node as the devstack service storage-engine, and wait
+# until its API answers. A devstack service, not a process of stack.sh:
+# stack.sh's exit trap kills its own background jobs (with LOGFILE and
+# VERBOSE, as in CI), and the node must outlive it.
+function start_storage_engine {
+    run_process storage-engine "$STORAGE_ENGINE_BIN serve --config-file $STORAGE_ENGINE_CONF"
+    _storage_engine_wait_for_unit
     cp "$STORAGE_ENGINE_CONF" "$STORAGE_ENGINE_STARTED_CONF"
 }
 
+# The API URL the node's configuration CONF gives: its [api] address (the
+# one we gave when it listens on every address), port and scheme.
+function _storage_engine_conf_api_url {
+    local conf=$1
+    local host port scheme=http
+    host=$(iniget "$conf" api host)
+    port=$(iniget "$conf" api port)
+    case $host in
+        ""|0.0.0.0|::|"[::]") host=$STORAGE_ENGINE_API_HOST ;;
+    esac
+    if [[ -n $(iniget "$conf" api tls_cert_file) ]]; then
+        scheme=https
+    fi
+    echo "$scheme://$(storage_engine_url_host "$host"):${port:-8790}"
+}
+
+# Point our backends' sections of cinder.conf from the node's API as it
+# was (OLD_URL, OLD_TOKEN) to the API as it is (NEW_URL, NEW_TOKEN), where
+# they still say what the plugin wrote (an engine_api_url or token that
+# local.conf set in cinder.conf is the operator's); restart cinder-volume
+# if a section changed, since it reads them when it starts.
+# _storage_engine_repoint_cinder OLD_URL NEW_URL OLD_TOKEN NEW_TOKEN
+function _storage_engine_repoint_cinder {
+    local old_url=$1 new_url=$2 old_token=$3 new_token=$4
+    local be changed=""
+    if [[ $old_url == "$new_url" && $old_token == "$new_token" ]]; then
+        return 0
+    fi
+    for be in $(_storage_engine_backend_names); do
+        if [[ $(iniget "$CINDER_CONF" "$be" engine_api_url) == "$old_url" \
+                && $old_url != "$new_url" ]]; then
+            iniset "$CINDER_CONF" "$be" engine_api_url "$new_url"
+            changed=1
+        fi
+        if [[ $(iniget "$CINDER_CONF" "$be" engine_api_token) == "$old_token" \
+                && $old_token != "$new_token" ]]; then
+            iniset "$CINDER_CONF" "$be" engine_api_token "$new_token"
+            changed=1
+        fi
+    done
+    if [[ -n $changed ]] && is_service_enabled c-vol; then
+        echo "storage-engine: the node's API moved to $new_url or changed its token; restarting cinder-volume"
+        $SYSTEMCTL restart devstack@c-vol.service
+    fi
+}
+
+# The extra phase: local.conf's [[post-config|$STORAGE_ENGINE_CONF]]
+# sections were merged after the node started (post-config), and Cinder
+# started after that merge. Restart the node if its configuration changed
+# (else start it, which does nothing when it runs), wait until it answers,
+# and carry a change of its [api] address, port or token over to Cinder's
+# backend sections (restarting cinder-volume then). cinder-volume running
+# meanwhile is harmless: its driver sees its node down and then up again
+# at its next stats poll.
+function restart_storage_engine {
+    local old_url=$STORAGE_ENGINE_API_URL old_token new_token option
+    local started=$STORAGE_ENGINE_STARTED_CONF
+    [[ -e $started ]] || started=$STORAGE_ENGINE_CONF
+    old_token=$(iniget "$started" api auth_token)
+    new_token=$(iniget "$STORAGE_ENGINE_CONF" api auth_token)
+    for option in host port tls_cert_file; do
+        if [[ $(iniget "$started" api $option) != \
+                "$(iniget "$STORAGE_ENGINE_CONF" api $option)" ]]; then
+            STORAGE_ENGINE_API_URL=$(_storage_engine_conf_api_url "$STORAGE_ENGINE_CONF")
+        fi
+    done
+    if ! cmp -s "$STORAGE_ENGINE_CONF" "$started"; then
+        echo "storage-engine: $STORAGE_ENGINE_CONF changed; restarting the node"
+        $SYSTEMCTL restart "$STORAGE_ENGINE_UNIT"
+    else
+        $SYSTEMCTL start "$STORAGE_ENGINE_UNIT"
+    fi
+    _storage_engine_wait_for_unit
+    cp "$STORAGE_ENGINE_CONF" "$STORAGE_ENGINE_STARTED_CONF"
+    _storage_engine_repoint_cinder "$old_url" "$STORAGE_ENGINE_API_URL" \
+        "$old_token" "$new_token"
+}
+
 function stop_storage_engine {
-    stop_storage_engine_node
+    stop_process storage-engine
     rm -f "$STORAGE_ENGINE_STARTED_CONF"
 }
 
-# Remove the node's data (its volumes too) and configuration file; the
-# configuration directory goes too when nothing else is left in it.
+# Remove the node's data (its volumes too) and its configuration file (the
+# configuration directory too when nothing else is left in it).
 function cleanup_storage_engine {
     stop_storage_engine
     if [[ -z $STORAGE_ENGINE_STATE_PATH || $STORAGE_ENGINE_STATE_PATH == / ]]; then
@@ -133,7 +246,7 @@ if is_service_enabled storage-engine; then
         start_storage_engine
     elif [[ "$1" == "stack" && "$2" == "extra" ]]; then
         echo_summary "Restarting the storage-engine node if local.conf changed its configuration"
-        start_storage_engine
+        restart_storage_engine
     fi
 
     if [[ "$1" == "unstack" ]]; then

@@ -1,8 +1,9 @@
 """A storage node brought up and down by devstack/lib/storage-engine, the
-way the devstack plugin and the all-in-one bring-up do it: the node's
-configuration written, the service started in the background with a PID
-file and waited for, a second start a no-op, and a stop that ends exactly
-that process.
+way the all-in-one bring-up does it: the node's configuration written, the
+service started in the background with a PID file and waited for, a second
+start a no-op, and a stop that ends exactly that process. (The devstack
+plugin writes the same configuration but runs the node as a devstack
+service: tests/unit/test_devstack_plugin.py.)
 """
 
 import os

@@ -5,7 +5,7 @@ fixtures run them. What they write is read back with oslo.config's own
 parser, the one Cinder and the node use.
 
 Starting and stopping a node through lib/storage-engine is tested in
-tests/functional/test_devstack_lib.py.
+tests/functional/test_devstack_node.py.
 """
 
 import os
@@ -241,3 +241,15 @@ def test_node_conf(tmp_path):
             'reserved_percentage': ['0']}}
     # It holds the token: its owner's only.
     assert conf.stat().st_mode & 0o077 == 0
+
+
+def test_an_ipv6_api_address_is_bracketed_in_the_url(tmp_path):
+    env = {'STORAGE_ENGINE_STATE_PATH': str(tmp_path / 'state'),
+           'STORAGE_ENGINE_API_TOKEN': 'tok',
+           'STORAGE_ENGINE_API_HOST': 'fd00::5'}
+    bash('write_storage_engine_node_conf "$1"; '
+         'configure_storage_engine_backend "$2" be', tmp_path / 'node.conf',
+         tmp_path / 'cinder.conf', env=env, lib=LIB)
+    assert parsed(tmp_path / 'node.conf')['api']['host'] == ['fd00::5']
+    assert parsed(tmp_path / 'cinder.conf')['be']['engine_api_url'] == [
+        'http://[fd00::5]:8790']
