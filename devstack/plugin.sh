@@ -13,8 +13,9 @@
 #   then creates a volume type NAME for each
 # - stack install: install_storage_engine (the node's packages and this
 #   checkout, into devstack's Python environment)
-# - stack post-config: configure_storage_engine (the node's configuration)
-#   and start_storage_engine: the
+# - stack post-config: configure_storage_engine (the node's configuration,
+#   and its unit's capabilities when it serves AoE) and
+#   start_storage_engine: the
 #   node runs as the devstack service storage-engine (systemd unit
 #   devstack@storage-engine.service) and answers before devstack starts
 #   cinder-volume. Then devstack merges local.conf's post-config sections
@@ -36,8 +37,11 @@ if ! declare -F configure_storage_engine_backend >/dev/null; then
     source "$STORAGE_ENGINE_PLUGIN_DIR/lib/storage-engine"
 fi
 
-# The node's systemd unit, as devstack's run_process names it.
+# The node's systemd unit, as devstack's run_process names it, and the
+# drop-in that gives it the capabilities AoE needs.
 STORAGE_ENGINE_UNIT=devstack@storage-engine.service
+STORAGE_ENGINE_UNIT_DROP_IN_DIR=$SYSTEMD_DIR/$STORAGE_ENGINE_UNIT.d
+STORAGE_ENGINE_UNIT_DROP_IN=$STORAGE_ENGINE_UNIT_DROP_IN_DIR/storage-engine-aoe.conf
 
 # A copy of the node's configuration as it was when the node started: see
 # restart_storage_engine.
@@ -88,6 +92,51 @@ function install_storage_engine {
     setup_develop "$STORAGE_ENGINE_DIR"
 }
 
+# The capabilities the node needs beyond the stack user's, space-separated
+# (none: empty). Serving AoE opens an AF_PACKET socket (CAP_NET_RAW), in
+# the interface's network namespace when there is one, which the node's
+# thread joins with setns(2) (CAP_SYS_ADMIN). NBD and the API listen on
+# unprivileged ports and need nothing.
+function _storage_engine_capabilities {
+    if [[ -z $STORAGE_ENGINE_AOE_INTERFACE ]]; then
+        return 0
+    fi
+    if [[ -n $STORAGE_ENGINE_AOE_NETWORK_NAMESPACE ]]; then
+        echo "CAP_NET_RAW CAP_SYS_ADMIN"
+    else
+        echo "CAP_NET_RAW"
+    fi
+}
+
+# The systemd drop-in of the node's unit: devstack runs services as the
+# stack user, and a capability the node needs is given to it as an ambient
+# capability, with a bounding set of those only. Written before
+# run_process, whose daemon-reload loads it with the unit; removed when
+# the node needs none.
+function _storage_engine_write_unit_drop_in {
+    local capabilities
+    capabilities=$(_storage_engine_capabilities)
+    if [[ -z $capabilities ]]; then
+        sudo rm -f "$STORAGE_ENGINE_UNIT_DROP_IN"
+        if [[ -d $STORAGE_ENGINE_UNIT_DROP_IN_DIR ]]; then
+            sudo rmdir --ignore-fail-on-non-empty "$STORAGE_ENGINE_UNIT_DROP_IN_DIR"
+        fi
+        return 0
+    fi
+    if [[ ${USER_UNITS:-False} == True ]]; then
+        die $LINENO "storage-engine: serving AoE (STORAGE_ENGINE_AOE_INTERFACE) takes $capabilities, which a user unit (USER_UNITS=True) cannot be given: set USER_UNITS=False"
+    fi
+    sudo install -d -m 755 "$STORAGE_ENGINE_UNIT_DROP_IN_DIR"
+    sudo tee "$STORAGE_ENGINE_UNIT_DROP_IN" >/dev/null <<EOF
+# Written by the storage-engine devstack plugin: the node runs as
+# $STACK_USER and serves AoE on $STORAGE_ENGINE_AOE_INTERFACE, which takes
+# these capabilities, and no others.
+[Service]
+AmbientCapabilities=$capabilities
+CapabilityBoundingSet=$capabilities
+EOF
+}
+
 # Tell the operator what nova-compute cannot do with our volumes yet.
 function _storage_engine_warn_about_nova {
     if ! is_service_enabled n-cpu; then
@@ -106,10 +155,11 @@ function _storage_engine_warn_about_nova {
     esac
 }
 
-# Write the storage node's configuration.
+# Write the storage node's configuration, and its unit's drop-in.
 function configure_storage_engine {
     sudo install -d -o "$STACK_USER" -m 755 "$STORAGE_ENGINE_CONF_DIR"
     write_storage_engine_node_conf "$STORAGE_ENGINE_CONF"
+    _storage_engine_write_unit_drop_in
     _storage_engine_warn_about_nova
 }
 
@@ -218,8 +268,9 @@ function stop_storage_engine {
     rm -f "$STORAGE_ENGINE_STARTED_CONF"
 }
 
-# Remove the node's data (its volumes too) and its configuration file (the
-# configuration directory too when nothing else is left in it).
+# Remove the node's data (its volumes too), its configuration file (the
+# configuration directory too when nothing else is left in it) and its
+# unit's drop-in (clean.sh removes devstack's unit files).
 function cleanup_storage_engine {
     stop_storage_engine
     if [[ -z $STORAGE_ENGINE_STATE_PATH || $STORAGE_ENGINE_STATE_PATH == / ]]; then
@@ -230,6 +281,7 @@ function cleanup_storage_engine {
     if [[ -d $STORAGE_ENGINE_CONF_DIR ]]; then
         sudo rmdir --ignore-fail-on-non-empty "$STORAGE_ENGINE_CONF_DIR"
     fi
+    sudo rm -rf "$STORAGE_ENGINE_UNIT_DROP_IN_DIR"
 }
 
 

@@ -1,13 +1,19 @@
 """devstack/lib/storage-engine for the AoE family: the backend section of
 ``configure_storage_engine_backend CONF NAME aoe``, the cinder-volume
 host's ``[aoe_connector]``, and the node's ``[aoe]`` section, read back
-with oslo.config's own parser (helpers of test_devstack_lib.py).
+with oslo.config's own parser (helpers of test_devstack_lib.py); and the
+devstack plugin's systemd drop-in that gives a node serving AoE, run as the
+stack user, the capabilities its AF_PACKET socket needs (and no others).
 """
 
 import subprocess
+import sys
 
 import pytest
 
+from tests.fixtures.etcd import free_port
+from tests.unit.devstack_stub import Devstack
+from tests.unit.devstack_stub import FAKE_SERVICES
 from tests.unit.test_devstack_lib import bash
 from tests.unit.test_devstack_lib import LIB
 from tests.unit.test_devstack_lib import parsed
@@ -127,3 +133,78 @@ def test_the_nodes_aoe_section_follows_the_variables(tmp_path):
          env=dict(TOKEN, STORAGE_ENGINE_STATE_PATH=state,
                   STORAGE_ENGINE_AOE_INTERFACE='san0'))
     assert parsed(node_conf)['aoe'] == {'interface': ['san0']}
+
+
+# -- the node's privilege under devstack (plugin.sh) -------------------------
+
+DROP_IN = 'devstack@storage-engine.service.d/storage-engine-aoe.conf'
+
+# stack.sh up to the node's configuration in the post-config phase.
+CONFIGURE_NODE = r'''
+plugin_override_defaults
+source_lib_cinder
+load_plugin_settings
+run_phase stack pre-install
+configure_cinder
+configure_storage_engine
+'''
+
+
+@pytest.mark.parametrize('env, capabilities', [
+    ({'STORAGE_ENGINE_AOE_INTERFACE': 'san0'}, 'CAP_NET_RAW'),
+    # Joining the namespace that holds the interface (setns) takes
+    # CAP_SYS_ADMIN.
+    ({'STORAGE_ENGINE_AOE_INTERFACE': 'san0',
+      'STORAGE_ENGINE_AOE_NETWORK_NAMESPACE': 'storage'},
+     'CAP_NET_RAW CAP_SYS_ADMIN'),
+], ids=['interface', 'interface in a namespace'])
+def test_an_aoe_node_gets_the_capabilities_it_needs(tmp_path, env,
+                                                    capabilities):
+    devstack = Devstack(tmp_path, **env)
+    devstack.ok(CONFIGURE_NODE)
+    assert parsed(devstack.units / DROP_IN) == {'Service': {
+        'AmbientCapabilities': [capabilities],
+        'CapabilityBoundingSet': [capabilities]}}
+    # Configured without AoE again: no capability left behind.
+    devstack.ok(CONFIGURE_NODE, STORAGE_ENGINE_AOE_INTERFACE='')
+    assert not (devstack.units / DROP_IN).exists()
+
+
+def test_a_node_without_aoe_gets_no_capability(tmp_path):
+    devstack = Devstack(tmp_path)
+    devstack.ok(CONFIGURE_NODE)
+    assert not (devstack.units / DROP_IN).parent.exists()
+
+
+def test_the_node_starts_with_its_capabilities(tmp_path):
+    # No AoE target in the root network namespace here: the node is the
+    # stand-in of fake_services.py, which serves the API only.
+    fake_node = tmp_path / 'storage-engine'
+    fake_node.write_text('#!/bin/sh\nexec "%s" "%s" storage-engine "$@"\n'
+                         % (sys.executable, FAKE_SERVICES))
+    fake_node.chmod(0o755)
+    devstack = Devstack(tmp_path, STORAGE_ENGINE_BIN=str(fake_node),
+                        STORAGE_ENGINE_AOE_INTERFACE='san0',
+                        STORAGE_ENGINE_API_PORT=str(free_port()))
+    try:
+        devstack.ok(CONFIGURE_NODE + 'start_storage_engine\n')
+        # The drop-in was there when run_process reloaded systemd.
+        service = devstack.started()['loaded']['Service']
+        assert service['AmbientCapabilities'] == ['CAP_NET_RAW']
+        assert service['CapabilityBoundingSet'] == ['CAP_NET_RAW']
+        assert service['User'] == [devstack.ok('id -un').strip()]
+    finally:
+        devstack.stop_everything()
+
+
+def test_user_units_cannot_serve_aoe(tmp_path):
+    # A user's systemd cannot give a service a capability: the node would
+    # fail to open its AoE socket. The stack stops before, saying why.
+    devstack = Devstack(tmp_path, USER_UNITS='True',
+                        STORAGE_ENGINE_AOE_INTERFACE='san0')
+    result = devstack.run(CONFIGURE_NODE)
+    assert result.returncode != 0
+    assert ('[ERROR] storage-engine: serving AoE '
+            '(STORAGE_ENGINE_AOE_INTERFACE) takes CAP_NET_RAW, which a user '
+            'unit (USER_UNITS=True) cannot be given') in result.stderr
+    assert not (devstack.units / DROP_IN).exists()
