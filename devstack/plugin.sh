@@ -24,6 +24,8 @@
 #   post-config sections changed its configuration, and points Cinder's
 #   backends at the node's API as it is now, restarting cinder-volume if
 #   that moved)
+# - stack test-config: configure_tempest_storage_engine (after devstack's
+#   configure_tempest; local.conf's test-config sections come after it)
 # - unstack: stop_storage_engine
 # - clean: cleanup_storage_engine (unstack.sh has stopped the node)
 #
@@ -263,6 +265,66 @@ function restart_storage_engine {
         "$old_token" "$new_token"
 }
 
+# Tell tempest what the backend of Cinder's default volume type (the one
+# its volume tests use) is and can do, when that backend is ours; after
+# devstack's configure_tempest, which turns manage_snapshot,
+# manage_volume, volume_revert and extend_attached_volume on for any
+# backend type containing "lvm", ours included. local.conf's
+# [[test-config|$TEMPEST_CONFIG]] sections are merged after this.
+function configure_tempest_storage_engine {
+    if ! is_service_enabled tempest; then
+        return 0
+    fi
+    # Backups (of any backend's volumes) when cinder-backup runs.
+    local backup=False
+    if is_service_enabled c-bak; then
+        backup=True
+    fi
+    iniset "$TEMPEST_CONFIG" volume-feature-enabled backup $backup
+
+    local default=${CINDER_ENABLED_BACKENDS%%,*}
+    case ${default%%:*} in
+        storage_engine_lvm|storage_engine_aoe) ;;
+        *) return 0 ;;
+    esac
+    # The storage protocol and vendor the driver reports, which tempest's
+    # volume-type tests put in extra specs (the scheduler finds no backend
+    # for tempest's defaults, iSCSI and "Open Source").
+    local driver reported protocol vendor
+    driver=$(iniget "$CINDER_CONF" "${default##*:}" volume_driver)
+    reported=$("${PYTHON:-python3}" -W ignore -c '
+import importlib
+import sys
+
+module, _, name = sys.argv[1].rpartition(".")
+driver = getattr(importlib.import_module(module), name)
+print(driver.storage_protocol)
+print(driver.vendor_name)
+' "$driver") || die $LINENO "storage-engine: cannot import the volume driver $driver"
+    protocol=${reported%%$'\n'*}
+    vendor=${reported#*$'\n'}
+    iniset "$TEMPEST_CONFIG" volume storage_protocol "$protocol"
+    iniset "$TEMPEST_CONFIG" volume vendor_name "$vendor"
+
+    # Both families manage and unmanage volumes and snapshots (found by
+    # the names Cinder gave them) and revert to snapshots.
+    local volume_name snapshot_name
+    volume_name=$(iniget "$CINDER_CONF" DEFAULT volume_name_template)
+    snapshot_name=$(iniget "$CINDER_CONF" DEFAULT snapshot_name_template)
+    iniset "$TEMPEST_CONFIG" volume-feature-enabled manage_volume True
+    iniset "$TEMPEST_CONFIG" volume-feature-enabled manage_snapshot True
+    iniset "$TEMPEST_CONFIG" volume manage_volume_ref \
+        "source-name,${volume_name:-volume-%s}"
+    iniset "$TEMPEST_CONFIG" volume manage_snapshot_ref \
+        "source-name,${snapshot_name:-snapshot-%s}"
+    iniset "$TEMPEST_CONFIG" volume-feature-enabled volume_revert True
+    # The drivers extend attached volumes and allow multiattach, but these
+    # tests attach through Nova, which cannot attach our volumes until it
+    # has a volume driver for them (doc/source/connectors.rst).
+    iniset "$TEMPEST_CONFIG" volume-feature-enabled extend_attached_volume False
+    iniset "$TEMPEST_CONFIG" compute-feature-enabled volume_multiattach False
+}
+
 function stop_storage_engine {
     stop_process storage-engine
     rm -f "$STORAGE_ENGINE_STARTED_CONF"
@@ -299,6 +361,9 @@ if is_service_enabled storage-engine; then
     elif [[ "$1" == "stack" && "$2" == "extra" ]]; then
         echo_summary "Restarting the storage-engine node if local.conf changed its configuration"
         restart_storage_engine
+    elif [[ "$1" == "stack" && "$2" == "test-config" ]]; then
+        echo_summary "Configuring tempest for the storage-engine backends"
+        configure_tempest_storage_engine
     fi
 
     if [[ "$1" == "unstack" ]]; then
