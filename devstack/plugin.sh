@@ -14,8 +14,8 @@
 # - stack install: install_storage_engine (the node's packages and this
 #   checkout, into devstack's Python environment)
 # - stack post-config: configure_storage_engine (the node's configuration,
-#   and its unit's capabilities when it serves AoE) and
-#   start_storage_engine: the
+#   and its unit's capabilities when it serves AoE),
+#   configure_storage_engine_cinder_backup, and start_storage_engine: the
 #   node runs as the devstack service storage-engine (systemd unit
 #   devstack@storage-engine.service) and answers before devstack starts
 #   cinder-volume. Then devstack merges local.conf's post-config sections
@@ -23,7 +23,7 @@
 # - stack extra: restart_storage_engine (restarts the node if those
 #   post-config sections changed its configuration, and points Cinder's
 #   backends at the node's API as it is now, restarting cinder-volume if
-#   that moved)
+#   that moved), then run_cinder_backup_with_connectors
 # - stack test-config: configure_tempest_storage_engine (after devstack's
 #   configure_tempest; local.conf's test-config sections come after it)
 # - unstack: stop_storage_engine
@@ -165,6 +165,28 @@ function configure_storage_engine {
     _storage_engine_warn_about_nova
 }
 
+# cinder-backup's driver. devstack configures CINDER_BACKUP_DRIVER (swift
+# unless localrc chose one, or ceph with a ceph backend); any driver backs
+# up our volumes, since cinder-backup reads them through os-brick (see
+# run_cinder_backup_with_connectors). Only devstack's default, swift,
+# cannot work when swift is not enabled: then backups go to a directory
+# (the POSIX driver). Before Cinder starts (post-config).
+function configure_storage_engine_cinder_backup {
+    if ! is_service_enabled c-bak; then
+        return 0
+    fi
+    if [[ -n $STORAGE_ENGINE_LOCALRC_BACKUP_DRIVER ]] \
+            || [[ $CINDER_BACKUP_DRIVER != swift ]] \
+            || is_service_enabled swift; then
+        return 0
+    fi
+    echo "storage-engine: swift is not enabled; cinder-backup backs up to $STORAGE_ENGINE_BACKUP_POSIX_PATH"
+    sudo install -d -o "$STACK_USER" -m 750 "$STORAGE_ENGINE_BACKUP_POSIX_PATH"
+    iniset "$CINDER_CONF" DEFAULT backup_driver \
+        cinder.backup.drivers.posix.PosixBackupDriver
+    iniset "$CINDER_CONF" DEFAULT backup_posix_path "$STORAGE_ENGINE_BACKUP_POSIX_PATH"
+}
+
 # Wait until the node's unit answers on its API (STORAGE_ENGINE_API_URL,
 # with the token of STORAGE_ENGINE_CONF); die if it does not.
 function _storage_engine_wait_for_unit {
@@ -265,6 +287,28 @@ function restart_storage_engine {
         "$old_token" "$new_token"
 }
 
+# cinder-backup attaches volumes through os-brick in its own process (to
+# back them up, to restore to them), and os-brick knows our connectors only
+# once os_brick_connectors.register() has run there: run it through
+# storage-engine-with-connectors, which does that and then runs
+# cinder-backup's own entry point. devstack's start_cinder started it
+# without; it is started again the same way but for that prefix, with the
+# environment devstack gave it. (nova-compute needs the same for the same
+# reason; it comes with Nova's support for our volumes.)
+function run_cinder_backup_with_connectors {
+    if ! is_service_enabled c-bak; then
+        return 0
+    fi
+    local wrapper=$CINDER_BIN_DIR/storage-engine-with-connectors
+    if [[ ! -x $wrapper ]]; then
+        die $LINENO "storage-engine: $wrapper is missing: cinder-backup must run in the Python environment this plugin is installed in (devstack's USE_VENV is not supported)"
+    fi
+    local env_vars
+    env_vars=$($SYSTEMCTL show --property=Environment --value devstack@c-bak.service)
+    stop_process c-bak
+    run_process c-bak "$wrapper cinder-backup --config-file $CINDER_CONF" "" "" "$env_vars"
+}
+
 # Tell tempest what the backend of Cinder's default volume type (the one
 # its volume tests use) is and can do, when that backend is ours; after
 # devstack's configure_tempest, which turns manage_snapshot,
@@ -275,12 +319,17 @@ function configure_tempest_storage_engine {
     if ! is_service_enabled tempest; then
         return 0
     fi
-    # Backups (of any backend's volumes) when cinder-backup runs.
+    # Backups (of any backend's volumes) when cinder-backup runs; the
+    # driver tempest is told of when it is the one we chose.
     local backup=False
     if is_service_enabled c-bak; then
         backup=True
     fi
     iniset "$TEMPEST_CONFIG" volume-feature-enabled backup $backup
+    if [[ $(iniget "$CINDER_CONF" DEFAULT backup_driver) == \
+            cinder.backup.drivers.posix.PosixBackupDriver ]]; then
+        iniset "$TEMPEST_CONFIG" volume backup_driver posix
+    fi
 
     local default=${CINDER_ENABLED_BACKENDS%%,*}
     case ${default%%:*} in
@@ -357,10 +406,12 @@ if is_service_enabled storage-engine; then
     elif [[ "$1" == "stack" && "$2" == "post-config" ]]; then
         echo_summary "Configuring and starting the storage-engine node"
         configure_storage_engine
+        configure_storage_engine_cinder_backup
         start_storage_engine
     elif [[ "$1" == "stack" && "$2" == "extra" ]]; then
         echo_summary "Restarting the storage-engine node if local.conf changed its configuration"
         restart_storage_engine
+        run_cinder_backup_with_connectors
     elif [[ "$1" == "stack" && "$2" == "test-config" ]]; then
         echo_summary "Configuring tempest for the storage-engine backends"
         configure_tempest_storage_engine

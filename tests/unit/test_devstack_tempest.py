@@ -16,8 +16,9 @@ from cinder_drivers import lvm
 from tests.unit.devstack_stub import Devstack
 from tests.unit.test_devstack_lib import parsed
 
-# stack.sh up to the test-config phase, without starting anything: the
-# phase needs cinder.conf and the installed drivers only.
+# stack.sh up to the test-config phase, without starting anything (of the
+# post-config phase, only what it writes in cinder.conf): the phase needs
+# cinder.conf and the installed drivers only.
 TEST_CONFIG = r'''
 plugin_override_defaults
 source_lib_cinder
@@ -25,6 +26,7 @@ if is_service_enabled tempest; then source_lib_tempest; fi
 load_plugin_settings
 run_phase stack pre-install
 configure_cinder
+configure_storage_engine_cinder_backup
 run_phase stack test-config
 '''
 
@@ -85,6 +87,8 @@ def test_backup_tests_run_with_cinder_backup(tmp_path):
     conf = _tempest(tmp_path, ENABLED_SERVICES=(
         'key,c-api,c-sch,c-vol,c-bak,tempest'))
     assert conf['volume-feature-enabled']['backup'] == ['True']
+    # No swift: the plugin gave cinder-backup the POSIX driver.
+    assert conf['volume']['backup_driver'] == ['posix']
 
 
 def test_another_default_backend_keeps_devstacks_settings(tmp_path):
