@@ -95,10 +95,6 @@ class Busy(EngineError):
     errno = _errno.EBUSY
 
 
-class SnapshotHasClones(Busy):
-    code = 'snapshot_has_clones'
-
-
 class GroupLocked(Busy):
     """The volume group is open in another process (or another handle)."""
 

@@ -719,12 +719,9 @@ class Node:
                 if not remove_exports:
                     self._refuse_if_exported(ident, info.name)
                 self._refuse_if_job(ident, info.name)
-                snaps = self.pools[pool].snapshots(ident)
-                if snaps:
-                    raise errors.Busy(
-                        'volume %s has snapshots (%s); delete them first'
-                        % (info.name, ', '.join(s.name for s in snaps)),
-                        snapshots=[s.id for s in snaps])
+                # Its snapshots stay (independent, as in Cinder, which
+                # refuses itself to delete a volume with snapshots it
+                # knows of).
                 for export_id in exports:
                     self._remove_export(export_id)
                 with self._recording('the delete of volume %s' % ident):
@@ -942,9 +939,8 @@ class Node:
             incarnation_mod.refuse(SNAPSHOT, ident, rec.get('incarnation'),
                                    incarnations)
             self._refuse_if_exported(ident, info.name)
-            # Refused while clones read through it: say so before marking
-            # the record, so a refusal changes nothing.
-            self.pools[pool].check_snapshot_deletable(ident)
+            # Clones made from it keep reading what it holds (the group
+            # keeps it, hidden, while they do).
             with self._recording('the delete of snapshot %s' % ident):
                 self._settle(ident, state=DELETING)
                 self._finish_delete_or_undo(pool, ident, info.name,

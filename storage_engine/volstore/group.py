@@ -1192,37 +1192,16 @@ class VolumeGroup:
         self.commit()
         return self.get(snap.id)
 
-    def _clones_of(self, snap) -> list:
-        # Clones made from this snapshot that still read through it.
-        # (Anything else reading through it, the origin, its newer
-        # snapshots and their clones, keeps its data by a merge.)
-        return [v for v in self.state.dependents(snap)
-                if v.origin_vid == snap.vid]
-
-    def _refuse_if_cloned(self, snap) -> None:
-        clones = self._clones_of(snap)
-        if clones:
-            raise errors.SnapshotHasClones(
-                'snapshot %s has clones (%s); delete or flatten them '
-                'first' % (snap.name,
-                           ', '.join(sorted(c.name for c in clones))),
-                clones=[c.id for c in clones])
-
-    def check_snapshot_deletable(self, snapshot: str) -> None:
-        """Raise what :meth:`delete_snapshot` would refuse with, changing
-        nothing (callers with state of their own ask first).
-        """
-        self._check_usable(write=True)
-        with self._meta_lock:
-            self._refuse_if_cloned(self._lookup(snapshot,
-                                                state_mod.SNAPSHOT))
-
     def delete_snapshot(self, ref: str) -> None:
-        """Delete a snapshot; refused while clones still depend on it."""
+        """Delete a snapshot. Its name goes at once; its clusters are merged
+        into its only child, or, while it has several (clones made from
+        it, or a volume reverted to it), kept, hidden, until it has one
+        left (state.py): snapshots, clones and volumes are independent, as
+        Cinder has them.
+        """
         self._begin_change()
         with self._meta_lock:
             snap = self._lookup(ref, state_mod.SNAPSHOT)
-            self._refuse_if_cloned(snap)
 
         def touched():
             # The snapshot itself (exported read-only, say) and the volume

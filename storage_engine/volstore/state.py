@@ -17,9 +17,11 @@ records to the last checkpoint. Both paths run the same code, so they
 cannot disagree.
 
 Deleting a snapshot merges its map into its only child (metadata only, no
-data copy). A snapshot with several children (after a revert, say) that is
-deleted is *hidden*: its name is released and it is merged or dropped as
-soon as it has at most one child left.
+data copy). A snapshot with several children (clones made from it, or a
+volume reverted to it) that is deleted is *hidden*: its name is released
+and it is merged or dropped as soon as it has at most one child left (its
+clones deleted or flattened). Deleting a volume leaves its snapshots: they
+stay, read-only, whatever they hold.
 """
 
 from storage_engine import errors

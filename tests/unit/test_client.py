@@ -119,7 +119,8 @@ def test_unknown_codes_map_by_status(status, cls):
     (404, 'volume_not_found', errors.VolumeNotFound),
     (409, 'already_exists', errors.AlreadyExists),
     (409, 'key_exists', ms_errors.KeyExists),
-    (409, 'snapshot_has_clones', errors.SnapshotHasClones),
+    (409, 'group_locked', errors.GroupLocked),
+    (412, 'incarnation_mismatch', errors.IncarnationMismatch),
     (507, 'no_space', errors.NoSpace),
     (500, 'device_error', errors.DeviceError),
 ])

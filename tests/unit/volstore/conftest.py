@@ -47,6 +47,13 @@ def write(vg, ref, offset, payload, **kwargs) -> None:
     vg.open_volume(ref).write(offset, payload, **kwargs)
 
 
+def hidden(vg) -> int:
+    """Hidden snapshots the group keeps (after a consistency check)."""
+    report = vg.check()
+    assert report.ok, report.errors
+    return report.stats['hidden_snapshots']
+
+
 def read(vg, ref, offset=0, length=None) -> bytes:
     handle = vg.open_volume(ref)
     if length is None:
