@@ -319,59 +319,22 @@ function configure_tempest_storage_engine {
     if ! is_service_enabled tempest; then
         return 0
     fi
-    # Backups (of any backend's volumes) when cinder-backup runs; the
-    # driver tempest is told of when it is the one we chose.
+    # Backups (of any backend's volumes) when cinder-backup runs.
     local backup=False
     if is_service_enabled c-bak; then
         backup=True
     fi
     iniset "$TEMPEST_CONFIG" volume-feature-enabled backup $backup
-    if [[ $(iniget "$CINDER_CONF" DEFAULT backup_driver) == \
-            cinder.backup.drivers.posix.PosixBackupDriver ]]; then
-        iniset "$TEMPEST_CONFIG" volume backup_driver posix
-    fi
 
     local default=${CINDER_ENABLED_BACKENDS%%,*}
     case ${default%%:*} in
         storage_engine_lvm|storage_engine_aoe) ;;
         *) return 0 ;;
     esac
-    # The storage protocol and vendor the driver reports, which tempest's
-    # volume-type tests put in extra specs (the scheduler finds no backend
-    # for tempest's defaults, iSCSI and "Open Source").
-    local driver reported protocol vendor
-    driver=$(iniget "$CINDER_CONF" "${default##*:}" volume_driver)
-    reported=$("${PYTHON:-python3}" -W ignore -c '
-import importlib
-import sys
-
-module, _, name = sys.argv[1].rpartition(".")
-driver = getattr(importlib.import_module(module), name)
-print(driver.storage_protocol)
-print(driver.vendor_name)
-' "$driver") || die $LINENO "storage-engine: cannot import the volume driver $driver"
-    protocol=${reported%%$'\n'*}
-    vendor=${reported#*$'\n'}
-    iniset "$TEMPEST_CONFIG" volume storage_protocol "$protocol"
-    iniset "$TEMPEST_CONFIG" volume vendor_name "$vendor"
-
-    # Both families manage and unmanage volumes and snapshots (found by
-    # the names Cinder gave them) and revert to snapshots.
-    local volume_name snapshot_name
-    volume_name=$(iniget "$CINDER_CONF" DEFAULT volume_name_template)
-    snapshot_name=$(iniget "$CINDER_CONF" DEFAULT snapshot_name_template)
-    iniset "$TEMPEST_CONFIG" volume-feature-enabled manage_volume True
-    iniset "$TEMPEST_CONFIG" volume-feature-enabled manage_snapshot True
-    iniset "$TEMPEST_CONFIG" volume manage_volume_ref \
-        "source-name,${volume_name:-volume-%s}"
-    iniset "$TEMPEST_CONFIG" volume manage_snapshot_ref \
-        "source-name,${snapshot_name:-snapshot-%s}"
-    iniset "$TEMPEST_CONFIG" volume-feature-enabled volume_revert True
-    # The drivers extend attached volumes and allow multiattach, but these
-    # tests attach through Nova, which cannot attach our volumes until it
-    # has a volume driver for them (doc/source/connectors.rst).
-    iniset "$TEMPEST_CONFIG" volume-feature-enabled extend_attached_volume False
-    iniset "$TEMPEST_CONFIG" compute-feature-enabled volume_multiattach False
+    # What our default backend is and can do: lib/storage-engine's
+    # function, the one the tempest tier uses too.
+    configure_storage_engine_tempest "$TEMPEST_CONFIG" "$CINDER_CONF" "${default##*:}" \
+        || die $LINENO "storage-engine: cannot configure tempest for ${default##*:}"
 }
 
 function stop_storage_engine {

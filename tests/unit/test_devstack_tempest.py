@@ -50,6 +50,9 @@ def test_tempest_targets_our_default_backend(tmp_path):
     assert conf['volume']['manage_snapshot_ref'] == [
         'source-name,snapshot-%s']
     assert conf['volume-feature-enabled'] == {
+        'snapshot': ['True'],
+        'clone': ['True'],
+        'extend_volume_with_snapshot': ['True'],
         'manage_volume': ['True'],
         'manage_snapshot': ['True'],
         'volume_revert': ['True'],
