@@ -15,6 +15,10 @@ def pytest_addoption(parser):
                     help='number of kills for the crash torture')
     group.addoption('--torture-seed', type=int, default=None,
                     help='seed of the crash torture (default: random)')
+    group.addoption('--tempest-regex', default=None,
+                    help='the tests the tempest tier runs (default: '
+                         'tempest.api.volume and cinder-tempest-plugin\'s '
+                         'API and RBAC tests)')
 
 
 @pytest.fixture(scope='session')
