@@ -3,7 +3,13 @@
 #   tox -e docs      (sphinx-build -W --keep-going -b html doc/source
 #                     doc/build/html)
 
+import os
+import sys
 import warnings
+
+# doc/ext: this project's own Sphinx extensions.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..', 'ext'))
 
 # The configuration reference imports the Cinder drivers, hence cinder,
 # which warns on import that eventlet is deprecated. It is Cinder's
@@ -19,7 +25,18 @@ extensions = [
     # .. show-options:: for the namespaces of setup.cfg's oslo.config.opts
     # entry points (doc/source/configuration/).
     'oslo_config.sphinxext',
+    # .. openapi:: for storage_engine/service/openapi.yaml (api.rst).
+    'sphinxcontrib.openapi',
+    # .. openapi-info:: its introduction, which sphinxcontrib-openapi
+    # leaves out (doc/ext/openapi_info.py).
+    'openapi_info',
 ]
+
+# sphinxcontrib-openapi's current renderer (request and response bodies
+# as field lists, examples generated from the schemas). It is named here
+# rather than with the ``.. openapi:httpdomain::`` directive: Sphinx 9
+# reads ``openapi:`` there as a domain that does not exist, and warns.
+openapi_default_renderer = 'httpdomain'
 
 root_doc = 'index'
 
