@@ -1,7 +1,8 @@
 # Sphinx configuration of the storage-engine documentation.
 #
 #   tox -e docs      (sphinx-build -W --keep-going -b html doc/source
-#                     doc/build/html)
+#                     doc/build/html; tests/functional/test_docs.py runs
+#                     the same build into a temporary directory)
 
 import os
 import sys
