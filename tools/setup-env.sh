@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this checkout on a Debian/Ubuntu machine, idempotently, as root:
 # the Debian packages listed in bindep.txt for the given profiles, and a
-# virtualenv in .venv with the project and its test requirements.
+# virtualenv in .venv with the project and its test and doc requirements.
 #
 #   tools/setup-env.sh [PROFILE ...]     (default profile: test)
 set -euo pipefail
@@ -60,10 +60,14 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 stamp=.venv/.installed
-want=$(cat requirements.txt test-requirements.txt setup.cfg | sha1sum)
+# The doc requirements too: the test run builds the documentation
+# (tests/functional/test_docs.py).
+want=$(cat requirements.txt test-requirements.txt doc/requirements.txt \
+    setup.cfg | sha1sum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q bindep -r requirements.txt -r test-requirements.txt
+    .venv/bin/pip install -q bindep -r requirements.txt \
+        -r test-requirements.txt -r doc/requirements.txt
     .venv/bin/pip install -q -e .
     echo "$want" > "$stamp"
 fi
