@@ -53,7 +53,9 @@ class AoETarget:
         self.dropped = 0
 
     async def start(self) -> None:
-        """Open the socket and announce what is already exported."""
+        """Open the socket and announce what is already exported (to the
+        initiators each export admits).
+        """
         sock, mac, mtu = rawsocket.open_packet_socket(self.interface,
                                                       self.netns)
         self._sock = sock
@@ -89,7 +91,9 @@ class AoETarget:
                       serial=ident[:20],
                       model=('storage-engine %s' % description)[:40])
         self._backends[slot] = backend
-        self._send(self.core.announcement(slot))
+        # Announced to the initiators it admits only, one frame each.
+        for frame in self.core.announcements(slot):
+            self._send(frame)
 
     def remove(self, slot: int) -> None:
         """Stop serving ``slot``: no reply leaves for it after this."""

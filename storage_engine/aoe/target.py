@@ -19,7 +19,9 @@ Reserve/Release alike); everyone else is ignored, as if the slot did not
 exist. Unlike the AoE spec's "an empty list admits everyone", an empty
 list here admits nobody, as our NBD exports' access lists do. The list is
 the management API's to set: edits sent over the wire are refused (MError
-1), since an admitted host could otherwise admit another.
+1), since an admitted host could otherwise admit another. The same list
+bounds the unsolicited announcements (:meth:`TargetCore.announcements`): an
+export is announced to each MAC on its list, by unicast, never broadcast.
 
 Reserve/Release works as the spec says: once a reserve list is set, ATA
 commands from admitted initiators not on it fail with "target is reserved".
@@ -213,18 +215,27 @@ class TargetCore:
     def __len__(self) -> int:
         return len(self._exports)
 
-    def announcement(self, slot: int) -> bytes:
-        """The unsolicited Query Config reply that tells initiators on
-        the segment a slot exists (broadcast, as vblade does at start).
-        """
-        export = self._exports[slot]
-        return wire.build(wire.Frame(
-            dst=wire.BROADCAST_MAC, src=self.mac, shelf=self.shelf,
-            slot=slot, command=wire.CMD_CONFIG, tag=0,
-            flags=wire.FLAG_RESPONSE, args=self._config_args(export)))
+    def announcements(self, slot: typing.Optional[int] = None
+                      ) -> typing.List[bytes]:
+        """The unsolicited Query Config replies that tell initiators an
+        export exists (what lets a kernel initiator find it without
+        polling): those of ``slot``, or of every export when None.
 
-    def announcements(self) -> typing.List[bytes]:
-        return [self.announcement(s) for s in sorted(self._exports)]
+        An export is announced only to the initiators it admits: one frame
+        per MAC on its mask list, sent to that MAC alone, and none for an
+        empty list. Never broadcast: a host the export does not admit must
+        not learn that the slot exists, nor its config string.
+        """
+        slots = sorted(self._exports) if slot is None else [slot]
+        frames = []
+        for number in slots:
+            export = self._exports[number]
+            args = self._config_args(export)
+            frames.extend(wire.build(wire.Frame(
+                dst=mac, src=self.mac, shelf=self.shelf, slot=number,
+                command=wire.CMD_CONFIG, tag=0, flags=wire.FLAG_RESPONSE,
+                args=args)) for mac in sorted(export.macs))
+        return frames
 
     # -- receiving ------------------------------------------------------------
 

@@ -11,7 +11,8 @@ answer about it.
 :class:`AoEExporter` bridges the node's worker threads to the
 :class:`storage_engine.aoe.server.AoETarget` on the service's event loop,
 like :mod:`.nbd_exporter` does for NBD: when ``publish`` returns the slot
-answers (and has been announced), when ``withdraw`` returns it is silent.
+answers (and has been announced to the hosts it admits), when
+``withdraw`` returns it is silent.
 """
 
 import asyncio

@@ -1,19 +1,24 @@
-"""The veth-pair fixture (tests/fixtures/netns.py) the AoE tests stand on:
-a private Ethernet between two namespaces, gone without a trace after.
+"""The namespace fixtures (tests/fixtures/netns.py) the AoE tests stand on:
+a private Ethernet between two namespaces, or several hosts on one switch,
+gone without a trace after.
 """
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
+from storage_engine.aoe import wire
+from tests.fixtures import aoe
 from tests.fixtures import netns
 from tests.fixtures import waiting
 
 # The fixtures, as a conftest.py takes them.
 veth_pair = netns.veth_pair
 make_veth_pair = netns.make_veth_pair
+make_segment = netns.make_segment
 
 
 def namespaces() -> set:
@@ -162,3 +167,61 @@ def test_without_root_it_fails_saying_so(monkeypatch):
     with pytest.raises(pytest.fail.Exception, match='need root'):
         netns.open_pair()
     assert namespaces() == before
+
+
+# -- a segment: several hosts on one switch -----------------------------------
+
+def test_a_segment_exists_while_open_and_leaves_nothing_after():
+    seg = netns.open_segment('a', 'b', 'c')
+    try:
+        assert {seg.ns_switch} | {s.ns for s in seg.stations()} <= \
+            namespaces()
+        assert len({s.mac for s in seg.stations()}) == 3
+        for ns, ifname in seg.ends():
+            assert len(ifname) <= 15
+            assert seg.link(ns, ifname)['operstate'] == 'UP'
+        root = subprocess.run(['ip', '-br', 'link'], capture_output=True,
+                              text=True, check=True).stdout
+        assert not any(s.ifname in root or s.port in root
+                       for s in seg.stations())
+        with pytest.raises(ValueError):
+            seg.run('some-other-ns', 'true')
+    finally:
+        seg.close()
+    assert not ({seg.ns_switch} | {s.ns for s in seg.stations()}) & \
+        namespaces()
+
+
+def _frame(src: bytes, dst: bytes, tag: int) -> bytes:
+    return wire.build(wire.Frame(dst=dst, src=src, shelf=1, slot=1,
+                                 command=wire.CMD_CONFIG, tag=tag,
+                                 args=wire.Config()))
+
+
+def test_a_segment_delivers_unicast_to_its_addressee_only(make_segment):
+    seg = make_segment('a', 'b', 'c')
+    caps = {name: aoe.Capture(seg[name].ifname, seg[name].ns)
+            for name in 'abc'}
+    try:
+        a = caps['a']
+        b_mac = wire.mac_bytes(seg['b'].mac)
+        unknown = bytes.fromhex('020000c0ffee')
+        a.send(_frame(a.mac, b_mac, 1))
+        a.send(_frame(a.mac, unknown, 2))
+        a.send(_frame(a.mac, wire.BROADCAST_MAC, 3))
+        # The broadcast, sent last on the same path, arrives last.
+        for name in 'bc':
+            caps[name].wait_for('the broadcast', lambda f: f.tag == 3)
+        seen = {name: [(c.frame.tag, c.pkttype)
+                       for c in caps[name].frames()] for name in 'bc'}
+        assert seen['b'] == [(1, socket.PACKET_HOST),
+                             (2, socket.PACKET_OTHERHOST),
+                             (3, socket.PACKET_BROADCAST)]
+        # c never sees b's frame; a frame to a MAC the switch does not know
+        # is flooded, and a capture sees it though it is not c's.
+        assert seen['c'] == [(2, socket.PACKET_OTHERHOST),
+                             (3, socket.PACKET_BROADCAST)]
+        assert caps['a'].frames() == []
+    finally:
+        for cap in caps.values():
+            cap.close()

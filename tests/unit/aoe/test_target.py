@@ -306,13 +306,51 @@ def test_frames_for_another_shelf_or_slot_or_mac_are_ignored():
     assert h.core.receive(other_target.config(0).frame) == []
 
 
-def test_announcement_is_a_broadcast_config_reply_per_slot():
+def announced(core, slot=None):
+    """(destination, slot) of each announcement frame, parsed."""
+    frames = [wire.parse(f) for f in core.announcements(slot)]
+    for f in frames:
+        assert (f.src, f.shelf, f.command, f.tag, f.response) == (
+            TARGET_MAC, SHELF, wire.CMD_CONFIG, 0, True)
+    return [(f.dst, f.slot) for f in frames]
+
+
+def test_an_export_is_announced_by_unicast_to_each_mac_on_its_list():
+    h = Harness(macs=(OTHER, HOST))
+    frames = h.core.announcements(SLOT)
+    assert announced(h.core, SLOT) == [(HOST, SLOT), (OTHER, SLOT)]
+    assert all(len(f) >= wire.MIN_FRAME for f in frames)
+    cfg = wire.parse(frames[0]).args
+    assert (cfg.sector_count, cfg.ccmd) == (2, wire.CONFIG_READ)
+    assert cfg.config == b''
+
+
+def test_an_export_with_an_empty_list_is_announced_to_nobody():
+    h = Harness(macs=())
+    assert h.core.announcements(SLOT) == []
+    assert h.core.announcements() == []
+
+
+def test_every_export_is_announced_to_its_own_hosts_only():
     h = Harness()
-    h.core.add(9, 10, [HOST])
+    h.core.add(9, 10, [OTHER])
+    h.core.add(4, 10, [])
+    h.core.add(5, 10, [HOST, OTHER])
+    assert announced(h.core) == [(HOST, SLOT), (HOST, 5), (OTHER, 5),
+                                 (OTHER, 9)]
+    assert announced(h.core, 9) == [(OTHER, 9)]
+    assert not any(dst == wire.BROADCAST_MAC
+                   for dst, _slot in announced(h.core))
+
+
+def test_a_config_string_is_announced_only_to_the_hosts_on_the_list():
+    h = Harness()
+    h.core.add(9, 10, [OTHER])
+    initiator.check(one(h.run(host().config(0, wire.CONFIG_SET,
+                                            b'host-a:secret').frame)))
     frames = [wire.parse(f) for f in h.core.announcements()]
-    assert [(f.dst, f.slot, f.response) for f in frames] == [
-        (wire.BROADCAST_MAC, SLOT, True), (wire.BROADCAST_MAC, 9, True)]
-    assert frames[0].args.sector_count == 2
+    carrying = [f.dst for f in frames if f.args.config == b'host-a:secret']
+    assert carrying == [HOST]
 
 
 # -- retransmissions ----------------------------------------------------------
