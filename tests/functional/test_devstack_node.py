@@ -3,7 +3,7 @@ way the all-in-one bring-up does it: the node's configuration written, the
 service started in the background with a PID file and waited for, a second
 start a no-op, and a stop that ends exactly that process. (The devstack
 plugin writes the same configuration but runs the node as a devstack
-service: tests/unit/test_devstack_plugin.py.)
+service: tests/functional/devstack/test_devstack_plugin.py.)
 """
 
 import os

@@ -14,8 +14,8 @@ import subprocess
 from oslo_config import iniparser
 import pytest
 
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
 INI_COMPAT = os.path.join(TOP, 'devstack', 'lib', 'ini-compat')
 LIB = os.path.join(TOP, 'devstack', 'lib', 'storage-engine')
 

@@ -11,7 +11,7 @@ order (test_devstack_*.py).
   ``devstack@NAME.service`` (``write_user_unit_file``: User, ExecStart,
   Environment, KillMode=process...), reloads systemd and enables and
   starts the unit; ``stop_process`` stops and disables it. systemd is
-  tests/unit/fake_systemctl.py, behind ``$SYSTEMCTL``;
+  tests/functional/devstack/fake_systemctl.py, behind ``$SYSTEMCTL``;
 - ``is_service_enabled`` with its catch-alls (cinder: c-*, swift: s-*);
 - lib/cinder: its default backend, configure_cinder's loop over
   CINDER_ENABLED_BACKENDS, the backup driver (CINDER_BACKUP_DRIVER, swift
@@ -38,8 +38,8 @@ import time
 
 from tests.fixtures import processes
 
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
 PLUGIN = os.path.join(TOP, 'devstack')
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAKE_SYSTEMCTL = os.path.join(HERE, 'fake_systemctl.py')

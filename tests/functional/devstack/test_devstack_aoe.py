@@ -12,11 +12,11 @@ import sys
 import pytest
 
 from tests.fixtures.etcd import free_port
-from tests.unit.devstack_stub import Devstack
-from tests.unit.devstack_stub import FAKE_SERVICES
-from tests.unit.test_devstack_lib import bash
-from tests.unit.test_devstack_lib import LIB
-from tests.unit.test_devstack_lib import parsed
+from tests.functional.devstack.devstack_stub import Devstack
+from tests.functional.devstack.devstack_stub import FAKE_SERVICES
+from tests.functional.devstack.test_devstack_lib import bash
+from tests.functional.devstack.test_devstack_lib import LIB
+from tests.functional.devstack.test_devstack_lib import parsed
 
 TOKEN = {'STORAGE_ENGINE_API_TOKEN': 't'}
 

@@ -10,10 +10,10 @@ import pytest
 from tests.fixtures.etcd import free_port
 from tests.fixtures.node import free_port_range
 from tests.fixtures import processes
-from tests.unit.devstack_stub import Devstack
-from tests.unit.devstack_stub import STACK
-from tests.unit.devstack_stub import UNSTACK
-from tests.unit.test_devstack_lib import parsed
+from tests.functional.devstack.devstack_stub import Devstack
+from tests.functional.devstack.devstack_stub import STACK
+from tests.functional.devstack.devstack_stub import UNSTACK
+from tests.functional.devstack.test_devstack_lib import parsed
 
 WITH_BACKUP = 'key,c-api,c-sch,c-vol,c-bak,tempest'
 C_BAK = 'devstack@c-bak.service'

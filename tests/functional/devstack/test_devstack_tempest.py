@@ -5,16 +5,16 @@ them (tempest's volume-type tests ask the scheduler for them), the
 features our drivers have, and none that need Nova to attach our volumes.
 
 The phase runs after lib/tempest's configure_tempest, as in devstack
-(tests/unit/devstack_stub.py), which turns manage_snapshot and friends on
-for any backend type containing "lvm", ours included.
+(tests/functional/devstack/devstack_stub.py), which turns manage_snapshot and
+friends on for any backend type containing "lvm", ours included.
 """
 
 import pytest
 
 from cinder_drivers import aoe
 from cinder_drivers import lvm
-from tests.unit.devstack_stub import Devstack
-from tests.unit.test_devstack_lib import parsed
+from tests.functional.devstack.devstack_stub import Devstack
+from tests.functional.devstack.test_devstack_lib import parsed
 
 # stack.sh up to the test-config phase, without starting anything (of the
 # post-config phase, only what it writes in cinder.conf): the phase needs

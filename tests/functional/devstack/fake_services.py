@@ -1,6 +1,7 @@
 """Stand-ins for the Cinder services the devstack stub starts
-(tests/unit/devstack_stub.py), for storage-engine-with-connectors, and
-for a storage node where a real one cannot run (one serving AoE):
+(tests/functional/devstack/devstack_stub.py), for
+storage-engine-with-connectors, and for a storage node where a real one
+cannot run (one serving AoE):
 
     fake_cinder_service.py PROGRAM [ARGUMENT ...]
 

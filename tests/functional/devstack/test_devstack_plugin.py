@@ -1,9 +1,10 @@
 """The devstack plugin (devstack/override-defaults, settings, plugin.sh) run
 through stack.sh's, unstack.sh's and clean.sh's phases, in their order and
 under stack.sh's error traps, against the stand-in for devstack in
-tests/unit/devstack_stub.py: the storage node is a devstack service
-(``run_process storage-engine``, unit devstack@storage-engine.service) that
-outlives stack.sh, and Cinder's backends follow its configuration.
+tests/functional/devstack/devstack_stub.py: the storage node is a devstack
+service (``run_process storage-engine``, unit
+devstack@storage-engine.service) that outlives stack.sh, and Cinder's
+backends follow its configuration.
 """
 
 import socket
@@ -14,13 +15,13 @@ import requests
 from tests.fixtures.etcd import free_port
 from tests.fixtures.node import free_port_range
 from tests.fixtures import processes
-from tests.unit.devstack_stub import CLEAN
-from tests.unit.devstack_stub import Devstack
-from tests.unit.devstack_stub import NODE_UNIT
-from tests.unit.devstack_stub import STACK
-from tests.unit.devstack_stub import TOP
-from tests.unit.devstack_stub import UNSTACK
-from tests.unit.test_devstack_lib import parsed
+from tests.functional.devstack.devstack_stub import CLEAN
+from tests.functional.devstack.devstack_stub import Devstack
+from tests.functional.devstack.devstack_stub import NODE_UNIT
+from tests.functional.devstack.devstack_stub import STACK
+from tests.functional.devstack.devstack_stub import TOP
+from tests.functional.devstack.devstack_stub import UNSTACK
+from tests.functional.devstack.test_devstack_lib import parsed
 
 # The address the stub gives devstack's HOST_IP: a loopback address other
 # than 127.0.0.1, so that a node or URL pinned to 127.0.0.1 shows.
