@@ -81,6 +81,7 @@ from os_brick.privileged import rootwrap as priv_rootwrap
 from os_brick import utils
 
 from os_brick_connectors import aoe_io
+from os_brick_connectors import errors
 from os_brick_connectors import host as host_mod
 from os_brick_connectors import volume_io
 
@@ -131,17 +132,10 @@ cfg.CONF.register_opts(aoe_connector_opts, group=GROUP)
 _MAC = re.compile(r'[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}')
 
 
-class AoEConnectorError(exception.BrickException):
-    message = '%(reason)s'
-
-
-class AoEExportUnavailable(AoEConnectorError):
-    message = ('AoE target %(target)s is not available to this host: '
-               '%(reason)s')
-
-
-class AoEDeviceBusy(AoEConnectorError):
-    message = '%(device)s (AoE target %(target)s) is in use: %(reason)s'
+# The connector's errors (errors.py), under the names callers know.
+AoEConnectorError = errors.AoEConnectorError
+AoEExportUnavailable = errors.AoEExportUnavailable
+AoEDeviceBusy = errors.AoEDeviceBusy
 
 
 def normalise_mac(value) -> typing.Optional[str]:

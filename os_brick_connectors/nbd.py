@@ -81,6 +81,7 @@ from os_brick import initiator
 from os_brick.initiator.connectors import base
 from os_brick import utils
 
+from os_brick_connectors import errors
 from os_brick_connectors import host as host_mod
 from os_brick_connectors import nbd_io
 from os_brick_connectors import volume_io
@@ -104,17 +105,10 @@ MAX_EXPORT_NAME = 4096      # bytes, the NBD protocol's limit
 _PLAIN_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,127}')
 
 
-class NBDConnectorError(exception.BrickException):
-    message = '%(reason)s'
-
-
-class NBDExportUnavailable(NBDConnectorError):
-    message = ('NBD export %(export)s at %(address)s is not available to '
-               'this host: %(reason)s')
-
-
-class NBDDeviceBusy(NBDConnectorError):
-    message = ('%(device)s (NBD export %(export)s) is in use: %(reason)s')
+# The connector's errors (errors.py), under the names callers know.
+NBDConnectorError = errors.NBDConnectorError
+NBDExportUnavailable = errors.NBDExportUnavailable
+NBDDeviceBusy = errors.NBDDeviceBusy
 
 
 @dataclasses.dataclass(frozen=True)
