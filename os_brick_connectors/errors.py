@@ -9,7 +9,14 @@ it was not detached or refreshed). Each connector has its own three
 classes under those (``NBDConnectorError``, ``NBDExportUnavailable``,
 ``NBDDeviceBusy``; the same for AoE), whose messages name the export as
 that protocol does; nbd.py and aoe.py re-export them.
+
+Code shared by the connectors (the nbdfuse and loop-device attachment)
+raises through a :class:`Subject`: the export it works on, with its
+connector's :class:`Family`.
 """
+
+import dataclasses
+import typing
 
 from os_brick import exception
 
@@ -60,3 +67,44 @@ class AoEExportUnavailable(AoEConnectorError, ExportUnavailable):
 
 class AoEDeviceBusy(AoEConnectorError, DeviceBusy):
     message = '%(device)s (AoE target %(target)s) is in use: %(reason)s'
+
+
+# -- raising them from shared code --------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One connector's three error classes."""
+
+    error: typing.Type[ConnectorError]
+    unavailable: typing.Type[ExportUnavailable]
+    busy: typing.Type[DeviceBusy]
+
+
+NBD = Family(NBDConnectorError, NBDExportUnavailable, NBDDeviceBusy)
+AOE = Family(AoEConnectorError, AoEExportUnavailable, AoEDeviceBusy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """An export as its connector's errors name it.
+
+    ``label`` names it in reasons ("NBD export x at 10.0.0.1:10809");
+    ``fields`` are what its family's messages take besides ``reason`` and
+    ``device`` (NBD: ``export``, ``address``; AoE: ``target``).
+    """
+
+    family: Family
+    label: str
+    fields: typing.Mapping[str, str]
+
+    def error(self, reason: str) -> ConnectorError:
+        return self.family.error(reason=reason)
+
+    def unavailable(self, reason: str) -> ExportUnavailable:
+        return self.family.unavailable(reason=reason, **self.fields)
+
+    def busy(self, device: str, reason: str) -> DeviceBusy:
+        return self.family.busy(device=device, reason=reason, **self.fields)
+
+    def __str__(self):
+        return self.label
