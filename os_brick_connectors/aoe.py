@@ -65,7 +65,6 @@ bound to. The name comes from the connection properties alone, so
 import dataclasses
 import json
 import os
-import re
 import sys
 import typing
 import urllib.parse
@@ -85,6 +84,7 @@ from os_brick_connectors import fuse_attachment
 from os_brick_connectors import host as host_mod
 from os_brick_connectors import properties
 from os_brick_connectors import state
+from storage_engine import names as engine_names
 
 LOG = logging.getLogger(__name__)
 
@@ -130,20 +130,12 @@ aoe_connector_opts = [
 ]
 cfg.CONF.register_opts(aoe_connector_opts, group=GROUP)
 
-_MAC = re.compile(r'[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}')
-
 # The connector's errors (errors.py), under the names callers know.
 AoEConnectorError = errors.AoEConnectorError
 AoEExportUnavailable = errors.AoEExportUnavailable
 AoEDeviceBusy = errors.AoEDeviceBusy
 # One StatePaths for every connector (state.py); callers find it here.
 StatePaths = state.StatePaths
-
-
-def normalise_mac(value) -> typing.Optional[str]:
-    """``value`` in lower-case colon form, or None if it is not a MAC."""
-    text = value.strip().lower() if isinstance(value, str) else ''
-    return text.replace('-', ':') if _MAC.fullmatch(text) else None
 
 
 # -- the host's AoE interfaces ------------------------------------------------
@@ -167,7 +159,7 @@ def host_interfaces(execute: typing.Callable, root_helper,
         found = []
         for name in names:
             link = links.get(name)
-            mac = normalise_mac((link or {}).get('address'))
+            mac = engine_names.normalise_mac((link or {}).get('address'))
             if mac is None:
                 LOG.warning('AoE interface %s (in [%s] interfaces) is not an '
                             'Ethernet interface of %s', name, GROUP,
@@ -176,12 +168,12 @@ def host_interfaces(execute: typing.Callable, root_helper,
                 continue
             found.append((name, mac))
         return found
-    return [(name, normalise_mac(link['address']))
+    return [(name, engine_names.normalise_mac(link['address']))
             for name, link in links.items()
             if link.get('link_type') == 'ether'
             and 'UP' in link.get('flags', ())
             and 'LOOPBACK' not in link.get('flags', ())
-            and normalise_mac(link.get('address'))]
+            and engine_names.normalise_mac(link.get('address'))]
 
 
 # -- connection properties and host state ------------------------------------
@@ -201,7 +193,7 @@ class AoEConnProps(properties.ConnProps):
         read = properties.Reader('AoE', props)
         mac = read.get('target_mac')
         if mac is not None:
-            mac = normalise_mac(mac)
+            mac = engine_names.normalise_mac(mac)
             if mac is None:
                 read.problem('target_mac must be a MAC address, not %r'
                              % (read.get('target_mac'),))
