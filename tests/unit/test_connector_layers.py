@@ -33,7 +33,7 @@ def _engine_modules(*modules) -> list:
 
 @pytest.mark.parametrize('module', [
     'os_brick_connectors.nbd', 'os_brick_connectors.aoe',
-    'os_brick_connectors.aoe_bridge'])
+    'os_brick_connectors.aoe_bridge', 'os_brick_connectors.opts'])
 def test_the_connector_side_imports_no_volume_store_and_no_service(module):
     loaded = _engine_modules(module)
     assert not [m for m in loaded if m.startswith(
