@@ -13,22 +13,11 @@ set of addresses, so one host gets one export per volume whatever the
 number of its attachments.
 """
 
-import re
-
 from cinder import exception
 from cinder import interface
 
 from cinder_drivers import base
-
-_MAC = re.compile(r'[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}')
-
-
-def normalise_mac(value) -> str:
-    """``value`` in lower-case colon form; ValueError if not a MAC."""
-    text = value.strip().lower() if isinstance(value, str) else ''
-    if not _MAC.fullmatch(text):
-        raise ValueError('%r is not a MAC address' % (value,))
-    return text.replace('-', ':')
+from storage_engine import names
 
 
 @interface.volumedriver
@@ -56,11 +45,12 @@ class EngineAoEDriver(base.EngineDriverBase):
         if not macs or isinstance(macs, str) or \
                 not isinstance(macs, (list, tuple)):
             raise exception.InvalidConnectorException(missing='aoe_macs')
-        try:
-            return sorted({normalise_mac(m) for m in macs})
-        except ValueError as exc:
+        normal = [names.normalise_mac(m) for m in macs]
+        if None in normal:
+            bad = macs[normal.index(None)]
             raise exception.InvalidConnectorException(
-                missing='aoe_macs (%s)' % exc)
+                missing='aoe_macs (%r is not a MAC address)' % (bad,))
+        return sorted(set(normal))
 
     def _connection_data(self, exp: dict) -> dict:
         conn = exp['connection']

@@ -27,6 +27,7 @@ runs them as root through os-brick's privsep.
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -36,12 +37,23 @@ import typing
 
 from os_brick_connectors import spawn
 from storage_engine import errors
-from storage_engine.volstore import info
 
 LOG = logging.getLogger('os_brick_connectors.aoe_bridge')
 
 SECTOR = 512
 EXIT_UNAVAILABLE = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Extent:
+    """A run of the target as the NBD server's block status reads it
+    (the fields of the volume store's extents; the bridge, which runs
+    where volumes attach, does not import the store).
+    """
+
+    offset: int
+    length: int
+    state: str = 'data'
 
 
 class AoEBackend:
@@ -104,7 +116,7 @@ class AoEBackend:
 
     def allocation(self, offset: int, length: int) -> list:
         # AoE does not say what is allocated: everything is data.
-        return [info.Extent(offset, length, 'data')]
+        return [Extent(offset, length, 'data')]
 
 
 def open_client(interfaces: typing.Sequence[str], shelf: int, slot: int,

@@ -1,6 +1,11 @@
-"""Validation of the names and ids the engine accepts from its callers."""
+"""Validation of the names and ids the engine accepts from its callers.
+
+A leaf module (nothing heavier than the engine's errors): the Cinder
+drivers and the os-brick connectors use it too, for MAC addresses.
+"""
 
 import re
+import typing
 import uuid
 
 from storage_engine import errors
@@ -8,6 +13,9 @@ from storage_engine import errors
 # LVM's alphabet for names, with a leading letter or digit; 128 characters
 # hold any Cinder name ("volume-" + a UUID) with room to spare.
 _NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z')
+# Six octets in hex, with one kind of separator throughout.
+_MAC = re.compile(r'[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}',
+                  re.IGNORECASE)
 
 
 def is_uuid(value: str) -> bool:
@@ -42,3 +50,42 @@ def check_id(value) -> str:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+# -- MAC addresses (AoE initiators and targets) -------------------------------
+
+def normalise_mac(value) -> typing.Optional[str]:
+    """``value`` as a MAC address in lower-case colon form, or None if it
+    is not one. Any case and ``:`` or ``-`` separators are accepted, and
+    white space around it.
+    """
+    text = value.strip() if isinstance(value, str) else ''
+    return text.lower().replace('-', ':') if _MAC.fullmatch(text) else None
+
+
+def check_mac(host) -> str:
+    """``host`` as a unicast MAC address in lower-case colon form: an
+    initiator an AoE export admits.
+
+    Group (multicast, broadcast) and all-zero addresses are refused, since
+    they name no one initiator.
+    """
+    mac = normalise_mac(host)
+    if mac is None:
+        raise errors.InvalidArgument(
+            'host %r is not a MAC address: AoE exports admit initiators '
+            'by MAC address, like 52:54:00:12:34:56' % (host,), host=host)
+    octets = bytes.fromhex(mac.replace(':', ''))
+    if octets == bytes(6):
+        raise errors.InvalidArgument(
+            'host %r is the all-zero MAC address, which names no '
+            'initiator' % (host,), host=host)
+    if octets == b'\xff' * 6:
+        raise errors.InvalidArgument(
+            'host %r is the broadcast MAC address; give each initiator\'s '
+            'own MAC address' % (host,), host=host)
+    if octets[0] & 1:
+        raise errors.InvalidArgument(
+            'host %r is a multicast MAC address; give each initiator\'s '
+            'own (unicast) MAC address' % (host,), host=host)
+    return mac

@@ -16,45 +16,13 @@ answers (and has been announced to the hosts it admits), when
 """
 
 import asyncio
-import re
 
-from storage_engine import errors
+from storage_engine import names
 from storage_engine.service import loopcall
 from storage_engine.service import node as node_mod
 
 #: slots of a shelf; 255 (0xff) is the broadcast slot
 SLOTS = range(255)
-
-_MAC = re.compile(r'^[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}$',
-                  re.IGNORECASE)
-
-
-def check_mac(host) -> str:
-    """``host`` as a unicast MAC address in lower-case colon form.
-
-    Any case and ``:`` or ``-`` separators are accepted; group (multicast,
-    broadcast) and all-zero addresses are refused, since they name no one
-    initiator.
-    """
-    if not isinstance(host, str) or not _MAC.match(host):
-        raise errors.InvalidArgument(
-            'host %r is not a MAC address: AoE exports admit initiators '
-            'by MAC address, like 52:54:00:12:34:56' % (host,), host=host)
-    mac = host.lower().replace('-', ':')
-    octets = bytes.fromhex(mac.replace(':', ''))
-    if octets == bytes(6):
-        raise errors.InvalidArgument(
-            'host %r is the all-zero MAC address, which names no '
-            'initiator' % (host,), host=host)
-    if octets == b'\xff' * 6:
-        raise errors.InvalidArgument(
-            'host %r is the broadcast MAC address; give each initiator\'s '
-            'own MAC address' % (host,), host=host)
-    if octets[0] & 1:
-        raise errors.InvalidArgument(
-            'host %r is a multicast MAC address; give each initiator\'s '
-            'own (unicast) MAC address' % (host,), host=host)
-    return mac
 
 
 class AoEExporter:
@@ -77,7 +45,7 @@ class AoEExporter:
     def check_hosts(hosts: list) -> list[str]:
         out = []
         for host in hosts:
-            mac = check_mac(host)
+            mac = names.check_mac(host)
             # aa-bb-... and AA:BB:... are one initiator.
             if mac not in out:
                 out.append(mac)

@@ -107,6 +107,53 @@ def test_new_ids_are_canonical_and_distinct():
     assert all(names.check_id(i) == i for i in ids)
 
 
+# -- names.normalise_mac, check_mac -------------------------------------------
+
+@pytest.mark.parametrize('text, mac', [
+    ('52:54:00:12:34:56', '52:54:00:12:34:56'),
+    ('52:54:00:AB:cd:EF', '52:54:00:ab:cd:ef'),
+    ('52-54-00-ab-cd-ef', '52:54:00:ab:cd:ef'),
+    (' 52:54:00:ab:cd:ef\n', '52:54:00:ab:cd:ef'),
+    ('01:00:5e:00:00:fb', '01:00:5e:00:00:fb'),     # a MAC, if not unicast
+])
+def test_normalise_mac_gives_one_form_for_every_spelling(text, mac):
+    assert names.normalise_mac(text) == mac
+
+
+@pytest.mark.parametrize('value', [
+    '52:54:00:12:34', '52:54:00:12:34:56:78', '52:54:00:12:34:5g',
+    '52:54-00:12:34:56', '525400123456', '5254.0012.3456', '10.0.0.1', '',
+    None, 42, b'52:54:00:12:34:56'])
+def test_normalise_mac_says_none_for_what_is_not_a_mac(value):
+    assert names.normalise_mac(value) is None
+
+
+@given(st.binary(min_size=6, max_size=6), st.sampled_from([':', '-']),
+       st.booleans())
+def test_every_spelling_of_a_mac_normalises_to_its_octets(octets, sep, up):
+    text = sep.join('%02x' % b for b in octets)
+    mac = names.normalise_mac(text.upper() if up else text)
+    assert bytes.fromhex(mac.replace(':', '')) == octets
+    assert mac == mac.lower() and '-' not in mac
+
+
+@pytest.mark.parametrize('host, words', [
+    ('52:54:00:12:34', 'not a MAC address'),
+    ('00-00-00-00-00-00', 'all-zero'),
+    ('FF:FF:FF:FF:FF:FF', 'broadcast'),
+    ('33-33-00-00-00-01', 'multicast'),
+])
+def test_check_mac_admits_only_one_initiators_address(host, words):
+    with pytest.raises(errors.InvalidArgument) as err:
+        names.check_mac(host)
+    assert repr(host) in str(err.value) and words in str(err.value)
+    assert err.value.details == {'host': host}
+
+
+def test_check_mac_gives_the_normal_form():
+    assert names.check_mac('52-54-00-AB-CD-EF') == '52:54:00:ab:cd:ef'
+
+
 # -- units.parse_size ---------------------------------------------------------
 
 @pytest.mark.parametrize('text, size', [
