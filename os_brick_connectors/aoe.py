@@ -493,4 +493,5 @@ class AoEConnector(engine_connector.EngineConnector):
                 reason=tail or 'the AoE bridge exited with no message'),
             late=lambda tail: AoEConnectorError(
                 reason='the AoE bridge of target %s did not start serving '
-                'within %ds: %s' % (props, limit, tail)))
+                'within %ds: %s' % (props, limit, tail)),
+            subject='AoE target %s' % props)

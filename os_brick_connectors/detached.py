@@ -64,15 +64,16 @@ class Helper:
 
     def start(self, host: host_mod.Host, command: typing.Sequence[str],
               serving: typing.Callable[[], bool], timeout: float,
-              exited: Failure, late: Failure) -> int:
-        """Run ``command`` detached; return its PID once it said it is
-        ready and ``serving()`` agrees.
+              exited: Failure, late: Failure, subject: str) -> int:
+        """Run ``command`` detached, for ``subject`` (what it serves, as
+        the log names it); return its PID once it said it is ready and
+        ``serving()`` agrees.
 
         Raises ``exited(log tail)`` if it exits first, ``late(log tail)``
         if ``timeout`` passes first; the caller undoes what it set up.
         """
         pid = host.spawn(command, self.log, self.pidfile)
-        LOG.debug('Started %s %d (%s)', self.what, pid, self.marker)
+        LOG.debug('Started %s %d for %s', self.what, pid, subject)
 
         def ready():
             if self.is_ready(pid) and serving():

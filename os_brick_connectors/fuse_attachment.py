@@ -125,7 +125,8 @@ class FuseAttachment:
                 exited=self._nbdfuse_exited,
                 late=lambda tail: self.subject.error(
                     'nbdfuse did not mount %s within %ds: %s'
-                    % (self.subject, self.timeout, tail)))
+                    % (self.subject, self.timeout, tail)),
+                subject=str(self.subject))
         except Exception:
             with excutils.save_and_reraise_exception():
                 self.clear(force=True)

@@ -75,7 +75,8 @@ def _start(host, helper, command, timeout=30):
     return helper.start(
         host, command + [helper.ready, helper.marker], lambda: True,
         timeout, exited=SUBJECT.unavailable,
-        late=lambda tail: SUBJECT.error('late: %s' % tail))
+        late=lambda tail: SUBJECT.error('late: %s' % tail),
+        subject=str(SUBJECT))
 
 
 # -- names --------------------------------------------------------------------
